@@ -363,30 +363,41 @@ def _quantile_knots(u, p, levels):
     return jnp.interp(levels, cum, u)
 
 
-def _init_member(key, r, k_used, k_max: int, u, p, activation: str, init_knots):
+def _init_member(key, r, k_used, k_max: int, n_restarts: int, u, p, activation: str,
+                 init_knots):
     """Initial knots, directions and (c, l) for restart r with k_used active features.
 
-    Restart 0: one feature as the linear term (knot at the left end), k-1 knots at equidistributed
-    curvature quantiles (k affine pieces). Restart 1: its mirror image. Restart 2 and 3: k interior
-    knots (k + 1 pieces, one flat end). Later restarts: jittered quantiles and random directions.
+    k hinges with knots in the grid make a continuous piecewise-linear logit path with k + 1 pieces
+    and one linear constraint on the slopes, fixed by the directions. Restart 0 (and its mirror,
+    restart 1) uses one feature as the linear term (knot at the grid's end) and k - 1 interior
+    knots, i.e. k free pieces. Later restarts put k knots at curvature quantiles and cycle through
+    all 2^k direction patterns when there are enough restarts (small k, where the pattern matters
+    most); otherwise even restarts put the flat piece at position f (first f features face left)
+    for f = 0, k, then a golden-ratio sequence, and odd restarts draw random directions. Knots are
+    jittered once every pattern has been tried.
     """
     dtype = p.dtype
     j = jnp.arange(k_max)
     active = j < k_used
     kf = k_used.astype(dtype)
     k1, k2, k3 = jax.random.split(key, 3)
-    mode = jnp.where(r < 4, r, 4 + r % 2)
-    lead = (mode == 0) | (mode == 1) | ((mode >= 4) & jax.random.bernoulli(k3, 0.5))
-    # Levels for k-1 interior knots (lead) or k interior knots.
+    lead = r < 2
+    n_pat = jnp.left_shift(1, jnp.minimum(k_used, 30))
+    enumerate_all = n_pat <= n_restarts - 2
+    bits = jnp.right_shift(jnp.mod(r - 2, n_pat), j) & 1
+    golden = jnp.floor(jnp.mod((r // 2 - 2) * 0.6180339887 + 0.5, 1.0) * (kf + 1))
+    flat = jnp.where(r == 2, 0.0, jnp.where(r == 3, kf, golden))
+    structured = jnp.where(j < flat, -1.0, 1.0)
+    rand_s = jnp.where(jax.random.bernoulli(k2, 0.5, (k_max,)), 1.0, -1.0)
+    s = jnp.where(enumerate_all, 1.0 - 2.0 * bits,
+                  jnp.where(r % 2 == 1, rand_s, structured))
+    s = jnp.where(lead, jnp.where(r == 0, 1.0, -1.0), s).astype(dtype) * jnp.ones(k_max, dtype)
+    repeat = jnp.where(enumerate_all, r - 2 >= n_pat, r >= 4)
     n_int = jnp.where(lead, kf - 1, kf)
     jj = jnp.where(lead, j - 1, j).astype(dtype)
-    jitter = jnp.where(mode >= 4, jax.random.uniform(k1, (k_max,), dtype, -0.45, 0.45), 0.0)
+    jitter = jnp.where(repeat, jax.random.uniform(k1, (k_max,), dtype, -0.3, 0.3), 0.0)
     levels = jnp.clip((jj + 1 + jitter) / (n_int + 1), 0.0, 1.0)
     tau = _quantile_knots(u, p, levels)
-    flip = (mode == 1) | (mode == 3)
-    s = jnp.where(flip, -1.0, 1.0) * jnp.ones(k_max, dtype)
-    rand_s = jnp.where(jax.random.bernoulli(k2, 0.5, (k_max,)), 1.0, -1.0).astype(dtype)
-    s = jnp.where(mode >= 4, rand_s, s)
     lin = lead & (j == 0)
     tau = jnp.where(lin, jnp.where(s > 0, u[0], u[-1]), tau)
     if init_knots is not None:
@@ -458,7 +469,7 @@ def _fit_kernel(u, p, k_used, keys, init_knots, *, k_max, restarts, activation, 
 
     def init_target(key, k_u, p, knots):
         ks = jax.random.split(key, R)
-        return jax.vmap(lambda kk, r: _init_member(kk, r, k_u, k_max, u, p, activation, knots))(
+        return jax.vmap(lambda kk, r: _init_member(kk, r, k_u, k_max, R, u, p, activation, knots))(
             ks, jnp.arange(R)
         )
 
@@ -513,7 +524,8 @@ def _select(members: _Member, t, p, activation) -> FitResult:
     params = _to_features(pick, t[0], t[-1] - t[0], activation)
     params = params._replace(l=params.l * pick.mask[..., None])
     lq = jax.vmap(lambda prm: log_probs(prm, t, activation))(params)
-    kls = kl(p, lq)
+    # KL >= 0; rounding can leave an exact fit's value a few ulps below zero.
+    kls = jnp.maximum(kl(p, lq), 0.0)
     return FitResult(
         params=params, kl=kls, mean_kl=kls.mean(axis=1), max_kl=kls.max(axis=1),
         converged=pick.converged, num_steps=pick.steps, restart_losses=members.loss,
@@ -609,10 +621,37 @@ def fit_batch(
     use_lm = optimizer is None and n_params <= LM_MAX_PARAMS
     if optimizer is None and not use_lm:
         optimizer = optax.lbfgs()
-    members = _fit_kernel(u, p, ks, keys, knots, k_max=k_max, restarts=restarts,
+    p_s, ks_s, keys_s, knots_s = _shard_batch(p, ks, keys, knots)
+    members = _fit_kernel(u, p_s, ks_s, keys_s, knots_s, k_max=k_max, restarts=restarts,
                           activation=activation, max_steps=max_steps, optimizer=optimizer,
                           use_lm=use_lm)
+    members = jax.tree.map(lambda x: x[:B], members)
     return _select(members, t, p, activation)
+
+
+def _shard_batch(*arrays):
+    """Splits the target axis over every device (padding B to a multiple of the device count).
+
+    Targets are independent, so XLA partitions the whole kernel along this axis with no
+    communication; on one device this is a no-op.
+    """
+    devices = jax.devices()
+    if len(devices) == 1 or _validate.is_traced(*arrays):
+        return arrays
+    n = len(devices)
+    B = arrays[0].shape[0]
+    pad = -B % n
+    mesh = jax.sharding.Mesh(np.array(devices), ("batch",))
+    spec = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("batch"))
+    out = []
+    for a in arrays:
+        if a is None:
+            out.append(None)
+            continue
+        if pad:
+            a = jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)], axis=0)
+        out.append(jax.device_put(a, spec))
+    return out
 
 
 def fit(
