@@ -1,17 +1,17 @@
 """The fitting engine: mixtures of k linear logit features fitted to target curves.
 
 Internally each feature is a hinge in the normalised latent ``u = (t - t_1) / (t_T - t_1)``:
-``a_i(u) = relu(s_i (u - tau_i))`` with a fixed direction ``s_i = +-1`` chosen per restart and a knot
-``tau_i`` in the grid (JumpReLU adds a jump height ``h_i``; softplus a log-sharpness). The
+``a_i(u) = relu(s_i (u - tau_i))`` with a fixed direction ``s_i = +-1`` chosen per restart and a
+knot ``tau_i`` in the grid (JumpReLU adds a jump height ``h_i``; softplus a log-sharpness). The
 parameters map exactly onto :class:`jaxfeat.Features` at the end (``w = s / (t_T - t_1)``, ...).
 
-Why this parametrisation: for fixed knots the mean KL is convex in ``W = (c, l)`` (softmax regression
-with soft labels), so every fit starts with a convex solve at curvature-equidistributed knots; the
-knots then move jointly with ``W`` under a damped Gauss-Newton (Levenberg-Marquardt) method whose
-curvature is the exact generalised Gauss-Newton matrix ``J^T (diag q - q q^T) J`` assembled from its
-Kronecker-structured blocks. Features that end up contributing nothing are re-seeded where the
-pointwise KL is largest. Large problems (many parameters) or a user-given optax optimiser use a
-first-order loop on the same loss instead.
+Why this parametrisation: for fixed knots the mean KL is convex in ``W = (c, l)`` (softmax
+regression with soft labels), so every fit starts with a convex solve at curvature-equidistributed
+knots; the knots then move jointly with ``W`` under a damped Gauss-Newton (Levenberg-Marquardt)
+method whose curvature is the exact generalised Gauss-Newton matrix ``J^T (diag q - q q^T) J``
+assembled from its Kronecker-structured blocks. Features that end up contributing nothing are
+re-seeded where the pointwise KL is largest. Large problems (many parameters) or a user-given optax
+optimiser use a first-order loop on the same loss instead.
 """
 
 from __future__ import annotations
@@ -40,9 +40,21 @@ LM_MAX_PARAMS = 600
 # Results
 
 
-@functools.partial(jax.tree_util.register_dataclass, data_fields=[
-    "params", "kl", "mean_kl", "max_kl", "converged", "num_steps", "restart_losses",
-    "restart_converged", "k"], meta_fields=["activation"])
+@functools.partial(
+    jax.tree_util.register_dataclass,
+    data_fields=[
+        "params",
+        "kl",
+        "mean_kl",
+        "max_kl",
+        "converged",
+        "num_steps",
+        "restart_losses",
+        "restart_converged",
+        "k",
+    ],
+    meta_fields=["activation"],
+)
 @dataclasses.dataclass(frozen=True)
 class FitResult:
     """Result of :func:`fit` (or, with a leading batch axis on every array, :func:`fit_batch`).
@@ -92,6 +104,7 @@ class _Member(NamedTuple):
     since_ref: jax.Array
     converged: jax.Array
     steps: jax.Array
+    phase: jax.Array  # LM: 0 convex, 1 joint, 2 convex after re-seeding, 3 joint, 4 done
 
 
 class _Settings(NamedTuple):
@@ -101,6 +114,13 @@ class _Settings(NamedTuple):
     atol: float
     window: int
     convex_steps: int
+
+    def phase_steps(self, phase):
+        """Step budget of each LM phase: short convex solves around two joint stretches."""
+        joint = max(self.max_steps - 2 * self.convex_steps, 2)
+        return jnp.array([self.convex_steps, joint // 2, self.convex_steps, joint - joint // 2, 0])[
+            phase
+        ]
 
 
 @jax.custom_jvp
@@ -162,7 +182,7 @@ def _enc_count(activation: str) -> int:
 # Levenberg-Marquardt step with the exact generalised Gauss-Newton matrix
 
 
-def _lm_step(m: _Member, u, p, cfg: _Settings, free_enc: bool, eps) -> _Member:
+def _lm_step(m: _Member, u, p, cfg: _Settings, eps) -> _Member:
     T, V = p.shape
     k = m.tau.shape[0]
     K1 = k + 1
@@ -180,28 +200,29 @@ def _lm_step(m: _Member, u, p, cfg: _Settings, free_enc: bool, eps) -> _Member:
     # GGN block for W: sum_t (X_t X_t^T) kron (diag q_t - q_t q_t^T) / T.
     Y = X[:, :, None] * q[:, None, :]
     HW = jnp.einsum("ti,tj,tv->ivj", X, X, q) / T
-    HW = jnp.einsum("ivj,vw->ivjw", HW, jnp.eye(V, dtype=q.dtype)) - jnp.einsum(
-        "tiv,tjw->ivjw", Y, Y
-    ) / T
+    HW = (
+        jnp.einsum("ivj,vw->ivjw", HW, jnp.eye(V, dtype=q.dtype))
+        - jnp.einsum("tiv,tjw->ivjw", Y, Y) / T
+    )
     HW = HW.reshape(K1 * V, K1 * V)
     frozen_W = jnp.concatenate([jnp.zeros(1, bool), m.mask == 0])
-    frozen = jnp.repeat(frozen_W, V)
-    g = gW.reshape(-1)
-    H = HW
-    if free_enc:
-        tangent = jnp.ones_like(m.tau)
-        D = [jax.jvp(lambda tt: acts_of(tt, m.e), (m.tau,), (tangent,))[1]]
-        if act != "relu":
-            D.append(jax.jvp(lambda ee: acts_of(m.tau, ee), (m.e,), (tangent,))[1])
-        D = jnp.concatenate(D, axis=1)  # (T, nE)
-        L = jnp.concatenate([m.W[1:]] * (D.shape[1] // k), axis=0)  # (nE, V)
-        gE = jnp.einsum("tj,jv,tv->j", D, L, r)
-        Gl = q[:, None, :] * (L[None] - jnp.einsum("tv,jv->tj", q, L)[:, :, None])
-        HWE = jnp.einsum("ti,tj,tjv->ivj", X, D, Gl).reshape(K1 * V, -1) / T
-        HEE = jnp.einsum("tj,tk,tjv,kv->jk", D, D, Gl, L) / T
-        H = jnp.block([[HW, HWE], [HWE.T, HEE]])
-        g = jnp.concatenate([g, gE])
-        frozen = jnp.concatenate([frozen, jnp.tile(m.mask == 0, D.shape[1] // k)])
+    # Knots move only in the joint phases; in the others (c, l) solve a convex problem.
+    free_enc = (m.phase == 1) | (m.phase == 3)
+    tangent = jnp.ones_like(m.tau)
+    D = [jax.jvp(lambda tt: acts_of(tt, m.e), (m.tau,), (tangent,))[1]]
+    if act != "relu":
+        D.append(jax.jvp(lambda ee: acts_of(m.tau, ee), (m.e,), (tangent,))[1])
+    D = jnp.concatenate(D, axis=1)  # (T, nE)
+    L = jnp.concatenate([m.W[1:]] * (D.shape[1] // k), axis=0)  # (nE, V)
+    gE = jnp.einsum("tj,jv,tv->j", D, L, r)
+    Gl = q[:, None, :] * (L[None] - jnp.einsum("tv,jv->tj", q, L)[:, :, None])
+    HWE = jnp.einsum("ti,tj,tjv->ivj", X, D, Gl).reshape(K1 * V, -1) / T
+    HEE = jnp.einsum("tj,tk,tjv,kv->jk", D, D, Gl, L) / T
+    H = jnp.block([[HW, HWE], [HWE.T, HEE]])
+    g = jnp.concatenate([gW.reshape(-1), gE])
+    frozen = jnp.concatenate(
+        [jnp.repeat(frozen_W, V), jnp.tile(m.mask == 0, D.shape[1] // k) | ~free_enc]
+    )
     d = jnp.diag(H)
     dmin = 1e-9 * jnp.max(d) + jnp.finfo(d.dtype).tiny
     damp = m.lam * jnp.maximum(d, dmin) + dmin
@@ -211,19 +232,18 @@ def _lm_step(m: _Member, u, p, cfg: _Settings, free_enc: bool, eps) -> _Member:
     chol = jax.scipy.linalg.cho_factor(H, lower=True)
     delta = jax.scipy.linalg.cho_solve(chol, g)
     W = m.W - delta[: K1 * V].reshape(K1, V)
-    tau, e = m.tau, m.e
-    if free_enc:
-        dE = delta[K1 * V :]
-        tau = tau - dE[:k]
-        if act != "relu":
-            e = e - dE[k:]
-        tau, e = _project(tau, e, m.s, u, act)
+    dE = delta[K1 * V :]
+    tau, e = m.tau - dE[:k], m.e
+    if act != "relu":
+        e = e - dE[k:]
+    tau, e = _project(tau, e, m.s, u, act)
     new_loss = _mean_loss(W, tau, e, m.s, m.mask, u, p, act, eps)
     accept = jnp.isfinite(new_loss) & (new_loss <= m.loss)
-    pick = lambda new, old: jnp.where(accept, new, old)  # noqa: E731
+    pick = lambda new, old: jnp.where(accept, new, old)
     lam = jnp.where(accept, jnp.maximum(m.lam / 3, 1e-7), jnp.minimum(m.lam * 4, 1e10))
-    return _advance(m, pick(W, m.W), pick(tau, m.tau), pick(e, m.e), pick(new_loss, m.loss),
-                    lam, cfg)
+    return _advance(
+        m, pick(W, m.W), pick(tau, m.tau), pick(e, m.e), pick(new_loss, m.loss), lam, cfg
+    )
 
 
 def _advance(m: _Member, W, tau, e, loss, lam, cfg: _Settings) -> _Member:
@@ -233,7 +253,11 @@ def _advance(m: _Member, W, tau, e, loss, lam, cfg: _Settings) -> _Member:
     stalled = m.ref_loss - loss <= cfg.ftol * loss + cfg.atol
     converged = m.converged | (check & stalled)
     new = m._replace(
-        W=W, tau=tau, e=e, loss=loss, lam=lam,
+        W=W,
+        tau=tau,
+        e=e,
+        loss=loss,
+        lam=lam,
         ref_loss=jnp.where(check, loss, m.ref_loss),
         since_ref=jnp.where(check, 0, since),
         converged=converged,
@@ -244,24 +268,46 @@ def _advance(m: _Member, W, tau, e, loss, lam, cfg: _Settings) -> _Member:
 
 def _reset_progress(m: _Member) -> _Member:
     return m._replace(
-        lam=jnp.full_like(m.lam, 1e-3), ref_loss=jnp.full_like(m.loss, jnp.inf),
-        since_ref=jnp.zeros_like(m.since_ref), converged=jnp.zeros_like(m.converged),
+        lam=jnp.full_like(m.lam, 1e-3),
+        ref_loss=jnp.full_like(m.loss, jnp.inf),
+        since_ref=jnp.zeros_like(m.since_ref),
+        converged=jnp.zeros_like(m.converged),
     )
 
 
-def _run(members: _Member, step_fn, n_steps: int) -> _Member:
-    """Runs the batched step until every member converged or ``n_steps`` were taken."""
-    start = members.steps
+def _run_phases(members: _Member, step_fn, reseed_fn, cfg: _Settings) -> _Member:
+    """Runs every member through its LM phases in one loop, each at its own pace.
 
-    def cond(ms):
-        return jnp.any(~ms.converged & (ms.steps - start < n_steps))
+    A member leaves a phase when it has converged or used the phase's step budget; entering
+    phase 2 re-seeds its dead features. The loop ends when every member is done (phase 4).
+    """
 
-    def body(ms):
+    def advance_phase(m, entered):
+        nxt = jnp.where(
+            m.converged | (m.steps - entered >= cfg.phase_steps(m.phase)), m.phase + 1, m.phase
+        )
+        moved = nxt != m.phase
+        m2 = m._replace(phase=nxt)
+        m2 = jax.tree.map(
+            lambda a, b: jnp.where(_bcast(moved & (nxt == 2), a), a, b), reseed_fn(m2), m2
+        )
+        reset = _reset_progress(m2)
+        m2 = jax.tree.map(lambda a, b: jnp.where(_bcast(moved & (nxt < 4), a), a, b), reset, m2)
+        return m2, jnp.where(moved, m.steps, entered)
+
+    def cond(c):
+        return jnp.any(c[0].phase < 4)
+
+    def body(c):
+        ms, entered = c
         new = step_fn(ms)
-        done = ms.steps - start >= n_steps
-        return jax.tree.map(lambda o, n: jnp.where(_bcast(done, o), o, n), ms, new)
+        active = ms.phase < 4
+        new = jax.tree.map(lambda a, b: jnp.where(_bcast(active, a), a, b), new, ms)
+        return advance_phase(new, entered)
 
-    return jax.lax.while_loop(cond, body, members)
+    entered = jnp.zeros_like(members.steps)
+    members, entered = advance_phase(members, entered)
+    return jax.lax.while_loop(cond, body, (members, entered))[0]
 
 
 def _bcast(flag, x):
@@ -280,8 +326,17 @@ def _optax_run(members: _Member, u, p, cfg: _Settings, opt, n_steps: int, eps) -
         def loss_fn(x):
             W, tau, e = x
             tau, e = _project(tau, e, m.s, u, act)
-            return _mean_loss(W * jnp.concatenate([jnp.ones(1), m.mask])[:, None], tau, e,
-                              m.s, m.mask, u, p, act, eps)
+            return _mean_loss(
+                W * jnp.concatenate([jnp.ones(1), m.mask])[:, None],
+                tau,
+                e,
+                m.s,
+                m.mask,
+                u,
+                p,
+                act,
+                eps,
+            )
 
         return loss_fn
 
@@ -303,8 +358,15 @@ def _optax_run(members: _Member, u, p, cfg: _Settings, opt, n_steps: int, eps) -
             W = W * jnp.concatenate([jnp.ones(1), m.mask])[:, None]
             new_loss = fn((W, tau, e))
             ok = jnp.isfinite(new_loss)
-            new = _advance(m, jnp.where(ok, W, m.W), jnp.where(ok, tau, m.tau),
-                           jnp.where(ok, e, m.e), jnp.where(ok, new_loss, m.loss), m.lam, cfg)
+            new = _advance(
+                m,
+                jnp.where(ok, W, m.W),
+                jnp.where(ok, tau, m.tau),
+                jnp.where(ok, e, m.e),
+                jnp.where(ok, new_loss, m.loss),
+                m.lam,
+                cfg,
+            )
             s2 = jax.tree.map(lambda o, n: jnp.where(m.converged, o, n), s, s2)
             return new, s2
 
@@ -358,13 +420,14 @@ def _knot_density(u, p):
 def _quantile_knots(u, p, levels):
     """Knots at the given quantile levels (in [0, 1]) of the cumulative curvature density."""
     dens = _knot_density(u, p)
-    cum = jnp.concatenate([jnp.zeros(1, u.dtype), jnp.cumsum((dens[1:] + dens[:-1]) / 2 * jnp.diff(u))])
+    cum = jnp.concatenate(
+        [jnp.zeros(1, u.dtype), jnp.cumsum((dens[1:] + dens[:-1]) / 2 * jnp.diff(u))]
+    )
     cum = cum / cum[-1]
     return jnp.interp(levels, cum, u)
 
 
-def _init_member(key, r, k_used, k_max: int, n_restarts: int, u, p, activation: str,
-                 init_knots):
+def _init_member(key, r, k_used, k_max: int, n_restarts: int, u, p, activation: str, init_knots):
     """Initial knots, directions and (c, l) for restart r with k_used active features.
 
     k hinges with knots in the grid make a continuous piecewise-linear logit path with k + 1 pieces
@@ -380,7 +443,7 @@ def _init_member(key, r, k_used, k_max: int, n_restarts: int, u, p, activation: 
     j = jnp.arange(k_max)
     active = j < k_used
     kf = k_used.astype(dtype)
-    k1, k2, k3 = jax.random.split(key, 3)
+    k1, k2 = jax.random.split(key)
     lead = r < 2
     n_pat = jnp.left_shift(1, jnp.minimum(k_used, 30))
     enumerate_all = n_pat <= n_restarts - 2
@@ -389,8 +452,7 @@ def _init_member(key, r, k_used, k_max: int, n_restarts: int, u, p, activation: 
     flat = jnp.where(r == 2, 0.0, jnp.where(r == 3, kf, golden))
     structured = jnp.where(j < flat, -1.0, 1.0)
     rand_s = jnp.where(jax.random.bernoulli(k2, 0.5, (k_max,)), 1.0, -1.0)
-    s = jnp.where(enumerate_all, 1.0 - 2.0 * bits,
-                  jnp.where(r % 2 == 1, rand_s, structured))
+    s = jnp.where(enumerate_all, 1.0 - 2.0 * bits, jnp.where(r % 2 == 1, rand_s, structured))
     s = jnp.where(lead, jnp.where(r == 0, 1.0, -1.0), s).astype(dtype) * jnp.ones(k_max, dtype)
     repeat = jnp.where(enumerate_all, r - 2 >= n_pat, r >= 4)
     n_int = jnp.where(lead, kf - 1, kf)
@@ -421,14 +483,24 @@ def _init_member(key, r, k_used, k_max: int, n_restarts: int, u, p, activation: 
     z = jnp.maximum(z, jnp.max(z, axis=1, keepdims=True) - 20.0)
     z = z - z.mean(axis=1, keepdims=True)
     A = X.T @ X
-    W = jnp.linalg.solve(A + 1e-6 * jnp.trace(A) / (k_max + 1) * jnp.eye(k_max + 1, dtype=dtype),
-                         X.T @ z)
+    W = jnp.linalg.solve(
+        A + 1e-6 * jnp.trace(A) / (k_max + 1) * jnp.eye(k_max + 1, dtype=dtype), X.T @ z
+    )
     W = W * jnp.concatenate([jnp.ones(1, dtype), mask])[:, None]
     loss = _mean_loss(W, tau, e, s, mask, u, p, activation, eps)
     return _Member(
-        W=W, tau=tau, e=e, s=s, mask=mask, loss=loss, lam=jnp.asarray(1e-3, dtype),
-        ref_loss=jnp.asarray(jnp.inf, dtype), since_ref=jnp.asarray(0), converged=jnp.asarray(False),
+        W=W,
+        tau=tau,
+        e=e,
+        s=s,
+        mask=mask,
+        loss=loss,
+        lam=jnp.asarray(1e-3, dtype),
+        ref_loss=jnp.asarray(jnp.inf, dtype),
+        since_ref=jnp.asarray(0),
+        converged=jnp.asarray(False),
         steps=jnp.asarray(0),
+        phase=jnp.asarray(0),
     )
 
 
@@ -457,13 +529,20 @@ def _reseed(m: _Member, u, p, activation, eps) -> _Member:
     jax.jit,
     static_argnames=("k_max", "restarts", "activation", "max_steps", "optimizer", "use_lm"),
 )
-def _fit_kernel(u, p, k_used, keys, init_knots, *, k_max, restarts, activation, max_steps,
-                optimizer, use_lm):
+def _fit_kernel(
+    u, p, k_used, keys, init_knots, *, k_max, restarts, activation, max_steps, optimizer, use_lm
+):
     """u (T,), p (B, T, V), k_used (B,), keys (B,), init_knots (B, k_max) or None."""
     dtype = p.dtype
     f32 = dtype == jnp.float32
-    cfg = _Settings(activation=activation, max_steps=max_steps, ftol=1e-5 if f32 else 1e-8,
-                    atol=1e-9 if f32 else 1e-15, window=5, convex_steps=12)
+    cfg = _Settings(
+        activation=activation,
+        max_steps=max_steps,
+        ftol=1e-5 if f32 else 1e-8,
+        atol=1e-9 if f32 else 1e-15,
+        window=5,
+        convex_steps=12,
+    )
     eps = jnp.asarray(1.0 / (u.shape[0] - 1), dtype)
     R = restarts
 
@@ -478,24 +557,12 @@ def _fit_kernel(u, p, k_used, keys, init_knots, *, k_max, restarts, activation, 
     else:
         members = jax.vmap(init_target)(keys, k_used, p, init_knots)
 
-    def lm(free_enc):
-        return _vm(lambda m, pp: _lm_step(m, u, pp, cfg, free_enc, eps))
-
-    def phase(ms, free_enc, n):
-        ms = _reset_progress(ms)
-        if use_lm:
-            return _run(ms, lambda x: lm(free_enc)(x, p), n)
-        if not free_enc:
-            return ms
-        return _optax_run(ms, u, p, cfg, optimizer, n, eps)
-
-    reseed = _vm(lambda m, pp: _reseed(m, u, pp, activation, eps))
-    n_joint = max(max_steps - 2 * cfg.convex_steps, 2)
-    members = phase(members, False, cfg.convex_steps)
-    members = phase(members, True, n_joint // 2)
-    members = reseed(members, p)
-    members = phase(members, False, cfg.convex_steps)
-    members = phase(members, True, n_joint - n_joint // 2)
+    if use_lm:
+        step = _vm(lambda m, pp: _lm_step(m, u, pp, cfg, eps))
+        reseed = _vm(lambda m, pp: _reseed(m, u, pp, activation, eps))
+        members = _run_phases(members, lambda ms: step(ms, p), lambda ms: reseed(ms, p), cfg)
+    else:
+        members = _optax_run(_reset_progress(members), u, p, cfg, optimizer, max_steps, eps)
     return members
 
 
@@ -519,17 +586,27 @@ def _select(members: _Member, t, p, activation) -> FitResult:
 
     losses = jnp.where(jnp.isfinite(members.loss), members.loss, jnp.inf)
     best = jnp.argmin(losses, axis=1)
-    pick = jax.tree.map(lambda x: jnp.take_along_axis(x, _bcast(best, x[:, :1]) if x.ndim > 1
-                                                      else best[:, None], axis=1)[:, 0], members)
+    pick = jax.tree.map(
+        lambda x: jnp.take_along_axis(
+            x, _bcast(best, x[:, :1]) if x.ndim > 1 else best[:, None], axis=1
+        )[:, 0],
+        members,
+    )
     params = _to_features(pick, t[0], t[-1] - t[0], activation)
     params = params._replace(l=params.l * pick.mask[..., None])
     lq = jax.vmap(lambda prm: log_probs(prm, t, activation))(params)
     # KL >= 0; rounding can leave an exact fit's value a few ulps below zero.
     kls = jnp.maximum(kl(p, lq), 0.0)
     return FitResult(
-        params=params, kl=kls, mean_kl=kls.mean(axis=1), max_kl=kls.max(axis=1),
-        converged=pick.converged, num_steps=pick.steps, restart_losses=members.loss,
-        restart_converged=members.converged, k=pick.mask.sum(axis=1).astype(jnp.int32),
+        params=params,
+        kl=kls,
+        mean_kl=kls.mean(axis=1),
+        max_kl=kls.max(axis=1),
+        converged=pick.converged,
+        num_steps=pick.steps,
+        restart_losses=members.loss,
+        restart_converged=members.converged,
+        k=pick.mask.sum(axis=1).astype(jnp.int32),
         activation=activation,
     )
 
@@ -564,7 +641,8 @@ def fit_batch(
       activation: ``"relu"``, ``"jumprelu"`` or ``"softplus"``.
       restarts: restarts per target (the best is kept).
       max_steps: optimiser steps per restart.
-      key: integer seed or PRNG key; the same key gives the same result.
+      key: integer seed or PRNG key (split into one key per target), or (B,) PRNG keys, one per
+        target; the same key gives the same result.
       optimizer: any ``optax.GradientTransformation``; ``None`` uses damped Gauss-Newton when the
         model has at most ``LM_MAX_PARAMS`` parameters and ``optax.lbfgs`` otherwise.
       k_max: feature slots (default ``max(k)``); fix it to reuse one compilation across calls.
@@ -611,20 +689,41 @@ def fit_batch(
         p = p.astype(jnp.result_type(float))
     t = jnp.asarray(t, p.dtype)
     u = (t - t[0]) / (t[-1] - t[0])
-    keys = jax.random.split(_key(key), B)
+    if (
+        isinstance(key, jax.Array)
+        and key.ndim == 1
+        and jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+    ):
+        if key.shape[0] != B:
+            raise ValueError(f"key holds {key.shape[0]} keys but probs has B = {B} targets.")
+        keys = key
+    else:
+        keys = jax.random.split(_key(key), B)
     knots = None
     if init_knots is not None:
         if np.shape(init_knots) != (B, k_max):
-            raise ValueError(f"init_knots must be (B, k_max) = {(B, k_max)}, got {np.shape(init_knots)}.")
+            raise ValueError(
+                f"init_knots must be (B, k_max) = {(B, k_max)}, got {np.shape(init_knots)}."
+            )
         knots = (jnp.asarray(init_knots, p.dtype) - t[0]) / (t[-1] - t[0])
     n_params = (k_max + 1) * p.shape[-1] + _enc_count(activation) * k_max
     use_lm = optimizer is None and n_params <= LM_MAX_PARAMS
     if optimizer is None and not use_lm:
         optimizer = optax.lbfgs()
     p_s, ks_s, keys_s, knots_s = _shard_batch(p, ks, keys, knots)
-    members = _fit_kernel(u, p_s, ks_s, keys_s, knots_s, k_max=k_max, restarts=restarts,
-                          activation=activation, max_steps=max_steps, optimizer=optimizer,
-                          use_lm=use_lm)
+    members = _fit_kernel(
+        u,
+        p_s,
+        ks_s,
+        keys_s,
+        knots_s,
+        k_max=k_max,
+        restarts=restarts,
+        activation=activation,
+        max_steps=max_steps,
+        optimizer=optimizer,
+        use_lm=use_lm,
+    )
     members = jax.tree.map(lambda x: x[:B], members)
     return _select(members, t, p, activation)
 
@@ -693,19 +792,35 @@ def fit(
       (True, True)
     """
     if not isinstance(target, Target):
-        raise ValueError(f"target must be a jaxfeat.Target, got {type(target).__name__}; "
-                         "wrap arrays with jaxfeat.Target(t, probs) or use fit_batch.")
+        raise ValueError(
+            f"target must be a jaxfeat.Target, got {type(target).__name__}; "
+            "wrap arrays with jaxfeat.Target(t, probs) or use fit_batch."
+        )
     k = _validate.positive_int(k, "k")
     slots = k if k_max is None else k_max
     knots = None
     if init_knots is not None:
         if np.shape(init_knots) != (k,):
-            raise ValueError(f"init_knots must have shape (k,) = ({k},), got {np.shape(init_knots)}.")
-        knots = jnp.full((1, slots), jnp.nan, target.probs.dtype).at[0, :k].set(
-            jnp.asarray(init_knots, target.probs.dtype))
-    res = fit_batch(target.t, target.probs[None], k, activation=activation, restarts=restarts,
-                    max_steps=max_steps, key=key, optimizer=optimizer, k_max=k_max,
-                    init_knots=knots)
+            raise ValueError(
+                f"init_knots must have shape (k,) = ({k},), got {np.shape(init_knots)}."
+            )
+        knots = (
+            jnp.full((1, slots), jnp.nan, target.probs.dtype)
+            .at[0, :k]
+            .set(jnp.asarray(init_knots, target.probs.dtype))
+        )
+    res = fit_batch(
+        target.t,
+        target.probs[None],
+        k,
+        activation=activation,
+        restarts=restarts,
+        max_steps=max_steps,
+        key=key,
+        optimizer=optimizer,
+        k_max=k_max,
+        init_knots=knots,
+    )
     res = jax.tree.map(lambda x: x[0], res)
     params = _trim(res.params, k)
     return dataclasses.replace(res, params=params)

@@ -101,6 +101,7 @@ def matching_grid(t: object, probs: object, probs_name: str = "probs") -> None:
     shape = np.shape(probs)
     if len(shape) < 2 or shape[-2] != T:
         raise ValueError(
-            f"{probs_name} has shape {shape} but t has {T} points; {probs_name} must be (..., T, V) "
+            f"{probs_name} has shape {shape} but t has {T} points; {probs_name} must be "
+            f"(..., T, V) "
             f"with T = {T}."
         )

@@ -12,7 +12,7 @@ import numpy as np
 from . import _validate
 from ._target import Target
 
-HTML_TOKENS = ("\\n", "\\n\\n", "<", " ", "the", ".", ",", "and")
+HTML_TOKENS = ("\n", "\n\n", "<", " ", "the", ".", ",", "and")
 
 
 def html_closing_tag(p_on: tuple[float, float, float] = (0.6, 0.25, 0.12)) -> Target:
@@ -32,8 +32,8 @@ def html_closing_tag(p_on: tuple[float, float, float] = (0.6, 0.25, 0.12)) -> Ta
 
     Example:
       >>> tgt = html_closing_tag()
-      >>> tgt.num_points, tgt.vocab, tgt.tokens[:3]
-      (2, 8, ('\\\\n', '\\\\n\\\\n', '<'))
+      >>> tgt.num_points, tgt.vocab, tgt.tokens[2:5]
+      (2, 8, ('<', ' ', 'the'))
     """
     on3 = np.asarray(p_on, dtype=np.float64)
     if on3.shape != (3,) or np.any(on3 <= 0) or on3.sum() >= 1:
@@ -82,9 +82,9 @@ def temperature(nonmonotone: bool = False, n: int = 101) -> Target:
 def oscillating(m: float, n: int = 256, vocab: int = 3) -> Target:
     """Logits that oscillate m times on ``t in [0, 1]``.
 
-    For ``vocab=3`` the logits are exactly ``(0, 3 sin 2 pi m t, 2 cos 2 pi m t)``. Larger vocabularies
-    add tokens ``j >= 3`` with logits ``2 sin(2 pi m t + 2 pi j / vocab)``, so the complexity per token
-    stays that of m oscillations.
+    For ``vocab=3`` the logits are exactly ``(0, 3 sin 2 pi m t, 2 cos 2 pi m t)``. Larger
+    vocabularies add tokens ``j >= 3`` with logits ``2 sin(2 pi m t + 2 pi j / vocab)``, so the
+    complexity per token stays that of m oscillations.
 
     Args:
       m: number of oscillations (> 0).
@@ -142,9 +142,9 @@ def random_smooth(
 ) -> Target:
     """Random smooth logit curves: Fourier series with ``bandwidth`` frequencies per token.
 
-    Token v has logit ``scale * sum_{f=1..B} (a_vf cos 2 pi f t + b_vf sin 2 pi f t) / sqrt(B)`` with
-    standard normal coefficients, so the logit variance is ``scale^2`` for every bandwidth while the
-    number of oscillations, and with it the complexity, grows with B.
+    Token v has logit ``scale * sum_{f=1..B} (a_vf cos 2 pi f t + b_vf sin 2 pi f t) / sqrt(B)``
+    with standard normal coefficients, so the logit variance is ``scale^2`` for every bandwidth
+    while the number of oscillations, and with it the complexity, grows with B.
 
     Args:
       key: a JAX PRNG key or an integer seed.

@@ -25,7 +25,9 @@ def test_logits_match_a_direct_numpy_formula(activation):
         "softplus": np.log1p(np.exp(x)),
     }[activation]
     expected = np.asarray(p.c) + a @ np.asarray(p.l)
-    np.testing.assert_allclose(jaxfeat.logits(p, T_GRID, activation), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        jaxfeat.logits(p, T_GRID, activation), expected, rtol=1e-5, atol=1e-5
+    )
     q = jaxfeat.probs(p, T_GRID, activation)
     np.testing.assert_allclose(q.sum(-1), 1.0, rtol=1e-6)
     np.testing.assert_allclose(jnp.exp(jaxfeat.log_probs(p, T_GRID, activation)), q, rtol=1e-5)
