@@ -6,6 +6,7 @@ curves p(t), proves what one feature can and cannot do, and certifies how many a
 """
 
 from . import targets as targets
+from . import theory as theory
 from ._fit import FitResult as FitResult
 from ._fit import fit as fit
 from ._fit import fit_batch as fit_batch

@@ -470,7 +470,8 @@ def _init_member(key, r, k_used, k_max: int, n_restarts: int, u, p, activation: 
     tau = jnp.clip(tau, lo, hi)
     mask = active.astype(dtype)
     if activation == "jumprelu":
-        e = jnp.zeros(k_max, dtype)
+        # Start with a visible jump so its knot gets a (straight-through) gradient from step 1.
+        e = jnp.full(k_max, 0.5, dtype)
     elif activation == "softplus":
         e = jnp.full(k_max, jnp.log(30.0), dtype)
     else:
