@@ -7,6 +7,12 @@ curves p(t), proves what one feature can and cannot do, and certifies how many a
 
 from . import targets as targets
 from . import theory as theory
+from ._count import RequiredFeatures as RequiredFeatures
+from ._count import SegmentationBound as SegmentationBound
+from ._count import predicted_features as predicted_features
+from ._count import required_features as required_features
+from ._count import required_features_batch as required_features_batch
+from ._count import segmentation_lower_bound as segmentation_lower_bound
 from ._fit import FitResult as FitResult
 from ._fit import fit as fit
 from ._fit import fit_batch as fit_batch

@@ -105,6 +105,7 @@ class _Member(NamedTuple):
     converged: jax.Array
     steps: jax.Array
     phase: jax.Array  # LM: 0 convex, 1 joint, 2 convex after re-seeding, 3 joint, 4 done
+    jumps_early: jax.Array  # JumpReLU: jump heights free from the first joint phase on
 
 
 class _Settings(NamedTuple):
@@ -220,9 +221,14 @@ def _lm_step(m: _Member, u, p, cfg: _Settings, eps) -> _Member:
     HEE = jnp.einsum("tj,tk,tjv,kv->jk", D, D, Gl, L) / T
     H = jnp.block([[HW, HWE], [HWE.T, HEE]])
     g = jnp.concatenate([gW.reshape(-1), gE])
-    frozen = jnp.concatenate(
-        [jnp.repeat(frozen_W, V), jnp.tile(m.mask == 0, D.shape[1] // k) | ~free_enc]
-    )
+    frozen_enc = jnp.tile(m.mask == 0, D.shape[1] // k) | ~free_enc
+    if act == "jumprelu":
+        # JumpReLU contains ReLU (zero jumps), but its loss is piecewise constant in where a jump
+        # sits, which traps Gauss-Newton on smooth targets; so half the restarts fit a ReLU first
+        # and grow jumps from that solution, the other half start with visible jumps (which
+        # find real steps in the target).
+        frozen_enc = frozen_enc | ((jnp.arange(2 * k) >= k) & (m.phase < 3) & ~m.jumps_early)
+    frozen = jnp.concatenate([jnp.repeat(frozen_W, V), frozen_enc])
     d = jnp.diag(H)
     dmin = 1e-9 * jnp.max(d) + jnp.finfo(d.dtype).tiny
     damp = m.lam * jnp.maximum(d, dmin) + dmin
@@ -470,8 +476,7 @@ def _init_member(key, r, k_used, k_max: int, n_restarts: int, u, p, activation: 
     tau = jnp.clip(tau, lo, hi)
     mask = active.astype(dtype)
     if activation == "jumprelu":
-        # Start with a visible jump so its knot gets a (straight-through) gradient from step 1.
-        e = jnp.full(k_max, 0.5, dtype)
+        e = jnp.where(r % 4 >= 2, 0.5, 0.0) * jnp.ones(k_max, dtype)  # see _lm_step
     elif activation == "softplus":
         e = jnp.full(k_max, jnp.log(30.0), dtype)
     else:
@@ -502,6 +507,7 @@ def _init_member(key, r, k_used, k_max: int, n_restarts: int, u, p, activation: 
         converged=jnp.asarray(False),
         steps=jnp.asarray(0),
         phase=jnp.asarray(0),
+        jumps_early=r % 4 >= 2,
     )
 
 

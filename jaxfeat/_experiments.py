@@ -1,0 +1,757 @@
+"""The feature-count sweeps: how many features a curve needs as its complexity, the tolerance, the
+vocabulary and the encoder change.
+
+Every sweep is a list of jobs; a job names a target (by constructor and arguments, so figures can
+rebuild it), a tolerance and an activation. The runner groups jobs that share a grid into calls of
+``required_features_batch``, writes each group's rows to the sweep's results file (see
+:mod:`jaxfeat._sweep`) and skips rows that are already there, so an interrupted sweep resumes where
+it stopped. Rows carry the certified lower bound, the achieved k, the approximation-theory
+prediction, the per-k losses and bounds, and wall times.
+
+Sweeps (``SWEEPS``):
+
+* ``oscillations``: ``oscillating(m)`` for m = 1..8 (theory: k grows linearly in m).
+* ``tolerance``: log-spaced tolerances for m in {1, 2, 4} (theory: k ~ tol^(-1/4)).
+* ``vocabulary``: ``tuning_curves`` and ``random_smooth`` with V from 3 to 64.
+* ``encoders``: relu, jumprelu and softplus, next to the unconstrained-encoder count (the affine
+  rank of the centred log-probability path, :func:`affine_rank`).
+* ``examples``: the seed's examples: the HTML tag (one feature) and the temperatures (monotone: one;
+  non-monotone: more).
+* ``temperature_fits``: the best 1-, 2- and 3-feature fits of the non-monotone temperature
+  example, with their parameters, for the figures.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import targets as _targets
+from ._sweep import Progress, ResultsStore, load, row_id
+from ._target import Target
+
+SWEEPS = ("oscillations", "tolerance", "vocabulary", "encoders", "examples", "temperature_fits")
+THEORY_TOL_SLOPE = -0.25
+UNCONSTRAINED = "unconstrained"
+# Activations for which the segmentation bound is a certified bound (piecewise-linear logits).
+BOUNDED = ("relu", "jumprelu")
+
+
+def _logspace(hi: float, lo: float, num: int) -> tuple[float, ...]:
+    # Rounded to 3 significant digits so tolerances (and row ids) are the same on every platform.
+    return tuple(float(f"{x:.3g}") for x in np.logspace(np.log10(hi), np.log10(lo), num))
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Sizes of one run of the sweeps; :data:`QUICK` and :data:`FULL` are the two presets.
+
+    Attributes:
+      mode: preset name, shown in progress lines (``benchmarks/feature_count.py`` also names its
+        default results directory after it).
+
+      n: grid points of the parametric targets.
+      k_max: largest feature count tried (per sweep overrides in ``k_max_by_sweep``).
+      restarts: restarts per fit.
+      max_steps: optimiser steps per fit.
+      key: seed of the fits.
+      batch: targets per ``required_features_batch`` call (rows are saved after each call). On
+        a CPU one target per call is fastest: batched fits run as long as their slowest member
+        and batch shapes add compilations.
+
+      osc_m: oscillation counts m.
+      osc_tols: tolerances of the oscillation sweep.
+      tol_m: oscillation counts of the tolerance sweep.
+      tol_tols: tolerances of the tolerance sweep (log-spaced).
+      vocab_sizes: vocabulary sizes V.
+      vocab_n: grid points of the vocabulary sweep's targets.
+      vocab_tol: tolerance of the vocabulary sweep.
+      width: tuning-curve width (units of t).
+      bandwidth: random-smooth bandwidth B.
+      enc_targets: target specs of the encoder sweep.
+      enc_tol: tolerance of the encoder sweep.
+      example_tols: tolerances of the examples sweep.
+      fit_ks: feature counts of the temperature fits.
+      fit_restarts: restarts of the temperature fits.
+      k_max_by_sweep: per-sweep ``k_max`` overrides.
+    """
+
+    mode: str
+    n: int
+    k_max: int
+    restarts: int
+    max_steps: int
+    key: int = 0
+    batch: int = 4
+    osc_m: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 8)
+    osc_tols: tuple[float, ...] = (1e-3,)
+    tol_m: tuple[int, ...] = (1, 2, 4)
+    tol_tols: tuple[float, ...] = _logspace(1e-2, 1e-4, 5)
+    vocab_sizes: tuple[int, ...] = (3, 4, 8, 16, 32, 64)
+    vocab_n: int = 128
+    vocab_tol: float = 1e-3
+    width: float = 0.1
+    bandwidth: int = 3
+    enc_targets: tuple[tuple[tuple[str, Any], ...], ...] = ()
+    enc_tol: float = 1e-3
+    example_tols: tuple[float, ...] = (1e-3,)
+    fit_ks: tuple[int, ...] = (1, 2, 3)
+    fit_restarts: int = 16
+    k_max_by_sweep: tuple[tuple[str, int], ...] = ()
+
+    def k_max_for(self, sweep: str) -> int:
+        return dict(self.k_max_by_sweep).get(sweep, self.k_max)
+
+    def fit_config(self, sweep: str) -> dict[str, Any]:
+        """The settings a sweep's numbers depend on (checked when a results file is resumed)."""
+        if sweep == "temperature_fits":
+            return {"restarts": self.fit_restarts, "max_steps": self.max_steps, "key": self.key}
+        return {"k_max": self.k_max_for(sweep), "restarts": self.restarts,
+                "max_steps": self.max_steps, "key": self.key, "metric": "mean_kl"}
+
+
+def _spec(family: str, **kwargs: Any) -> tuple[tuple[str, Any], ...]:
+    return (("family", family), *sorted(kwargs.items()))
+
+
+# Quick: what `jaxfeat reproduce` runs (about five minutes on a busy 2-core CPU). Fewer restarts
+# and steps than the full run, five tolerances, a subset of vocabulary sizes on a 64-point grid
+# (the certified bound costs O(T^3 V^2)) and two targets for the encoders.
+QUICK = Settings(
+    mode="quick", n=128, k_max=40, restarts=4, max_steps=100, batch=1,
+    osc_m=(1, 2, 3, 4, 5, 6, 7, 8), tol_m=(1, 2, 4), tol_tols=_logspace(1e-2, 1e-4, 5),
+    vocab_sizes=(3, 8, 16, 32, 64), vocab_n=64,
+    enc_targets=(
+        _spec("oscillating", m=2, n=128, vocab=3),
+        _spec("temperature", nonmonotone=True, n=101),
+    ),
+    example_tols=(1e-3,), fit_restarts=8,
+    k_max_by_sweep=(("vocabulary", 24), ("encoders", 16), ("examples", 8)),
+)
+
+FULL = Settings(
+    mode="full", n=256, k_max=96, restarts=16, max_steps=200, batch=1,
+    osc_m=(1, 2, 3, 4, 5, 6, 7, 8), osc_tols=(1e-2, 1e-3, 1e-4), tol_m=(1, 2, 4),
+    tol_tols=_logspace(1e-2, 1e-4, 9), vocab_sizes=(3, 4, 6, 8, 12, 16, 24, 32, 48, 64),
+    vocab_n=128,
+    enc_targets=(
+        _spec("oscillating", m=1, n=256, vocab=3),
+        _spec("oscillating", m=2, n=256, vocab=3),
+        _spec("oscillating", m=4, n=256, vocab=3),
+        _spec("temperature", nonmonotone=True, n=101),
+        _spec("tuning_curves", n_tokens=8, width=0.1, n=256),
+        _spec("random_smooth", key=0, bandwidth=3, vocab=8, n=256),
+    ),
+    example_tols=(1e-2, 1e-3, 1e-4), fit_restarts=32,
+    k_max_by_sweep=(("vocabulary", 48), ("encoders", 48), ("examples", 16)),
+)
+PRESETS = {"quick": QUICK, "full": FULL}
+
+
+# ---------------------------------------------------------------------------------------------
+# Targets by name
+
+
+_FAMILIES: dict[str, Callable[..., Target]] = {
+    "oscillating": _targets.oscillating,
+    "tuning_curves": _targets.tuning_curves,
+    "random_smooth": _targets.random_smooth,
+    "temperature": _targets.temperature,
+    "html_closing_tag": _targets.html_closing_tag,
+}
+
+
+def make_target(spec: Mapping[str, Any]) -> Target:
+    """Builds a target from a spec ``{"family": name, **arguments}`` as stored in results rows.
+
+    Example:
+      >>> make_target({"family": "oscillating", "m": 2, "n": 64}).probs.shape
+      (64, 3)
+    """
+    spec = dict(spec)
+    family = spec.pop("family", None)
+    if family not in _FAMILIES:
+        raise ValueError(f"unknown target family {family!r}; use one of {sorted(_FAMILIES)}.")
+    return _FAMILIES[family](**spec)
+
+
+def target_label(spec: Mapping[str, Any]) -> str:
+    """A short readable name for a target spec, e.g. ``"oscillating(m=2)"``.
+
+    Grid size, seeds and the default vocabulary are left out: they do not change what the target
+    is about.
+
+    Example:
+      >>> target_label({"family": "tuning_curves", "n_tokens": 8, "width": 0.1, "n": 128})
+      'tuning_curves(V=8, width=0.1)'
+    """
+    family = spec["family"]
+    names = {"n_tokens": "V", "vocab": "V", "bandwidth": "B"}
+    parts = []
+    for k, v in spec.items():
+        if k in ("family", "n", "key") or (family == "oscillating" and k == "vocab" and v == 3):
+            continue
+        value = f"{v:g}" if isinstance(v, float) else str(v)
+        parts.append(f"{names.get(k, k)}={value}")
+    return f"{family}({', '.join(parts)})"
+
+
+# ---------------------------------------------------------------------------------------------
+# The unconstrained-encoder count
+
+
+def affine_rank(target: Target, tol: float | None = None) -> int:
+    r"""Feature count with unconstrained encoders: the affine rank of the log-probability path.
+
+    With encoders free to be any function of t, k features reach exactly the paths whose centred
+    log-probabilities lie in a k-dimensional affine subspace. Let ``X`` be the (T, V) matrix of
+    log-probabilities with each row centred over tokens and then the mean row subtracted, and
+    :math:`\sigma_1 \ge \sigma_2 \ge \dots` its singular values. Since ``KL(p || softmax(z + d))
+    ~ d^T (diag p - p p^T) d / 2`` and that matrix is at most 1/2 in operator norm, truncating to
+    rank r costs a mean KL of at most about :math:`\sum_{i > r} \sigma_i^2 / (4T)`. The count is the
+    smallest r that brings this below ``tol``: a second-order upper estimate, never more than
+    ``min(V, T) - 1``. With ``tol=None`` it is the numerical rank at machine precision.
+
+    Args:
+      target: the curve.
+      tol: mean-KL tolerance in nats, or ``None``.
+
+    Returns:
+      The rank r.
+
+    Example:
+      >>> import jaxfeat
+      >>> affine_rank(jaxfeat.targets.temperature())  # a straight logit ray
+      1
+      >>> osc = jaxfeat.targets.oscillating(1, n=64)  # logits (0, 3 sin, 2 cos): a planar loop
+      >>> affine_rank(osc), affine_rank(osc, tol=0.5)
+      (2, 1)
+    """
+    p = np.asarray(target.probs, np.float64)
+    logp = np.log(np.maximum(p, 1e-300))
+    # Tokens far below the most likely one carry no KL weight; clipping keeps log 0 finite.
+    logp = np.maximum(logp, logp.max(axis=1, keepdims=True) - 30.0)
+    X = logp - logp.mean(axis=1, keepdims=True)
+    X = X - X.mean(axis=0)
+    s = np.linalg.svd(X, compute_uv=False)
+    if s.size == 0 or s[0] == 0:
+        return 0
+    if tol is None:
+        eps = np.finfo(np.asarray(target.probs).dtype).eps
+        return int(np.sum(s > s[0] * max(X.shape) * eps * 10))
+    tail = np.concatenate([np.cumsum((s**2)[::-1])[::-1], [0.0]])  # tail[r] = sum_{i >= r} s_i^2
+    return int(np.argmax(tail / (4 * X.shape[0]) <= tol))
+
+
+# ---------------------------------------------------------------------------------------------
+# Jobs
+
+
+@dataclasses.dataclass(frozen=True)
+class _Job:
+    sweep: str
+    target: tuple[tuple[str, Any], ...]
+    tol: float
+    activation: str = "relu"
+    k: int | None = None  # temperature_fits only
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        return dict(self.target)
+
+    @property
+    def id(self) -> str:
+        params: dict[str, Any] = {"target": self.spec, "activation": self.activation}
+        if self.k is not None:
+            params["k"] = self.k
+        else:
+            params["tol"] = self.tol
+        return row_id(self.sweep, params)
+
+
+def jobs(sweep: str, settings: Settings) -> list[_Job]:
+    """The jobs of one sweep under the given settings (one results row each)."""
+    s = settings
+    osc = lambda m: _spec("oscillating", m=m, n=s.n, vocab=3)
+    if sweep == "oscillations":
+        return [_Job(sweep, osc(m), tol) for tol in s.osc_tols for m in s.osc_m]
+    if sweep == "tolerance":
+        return [_Job(sweep, osc(m), tol) for m in s.tol_m for tol in s.tol_tols]
+    if sweep == "vocabulary":
+        out = []
+        for V in s.vocab_sizes:
+            out.append(_Job(sweep, _spec("tuning_curves", n_tokens=V, width=s.width,
+                                         n=s.vocab_n), s.vocab_tol))
+            out.append(_Job(sweep, _spec("random_smooth", key=0, bandwidth=s.bandwidth, vocab=V,
+                                         n=s.vocab_n), s.vocab_tol))
+        return out
+    if sweep == "encoders":
+        return [_Job(sweep, spec, s.enc_tol, act) for spec in s.enc_targets
+                for act in ("relu", "jumprelu", "softplus", UNCONSTRAINED)]
+    if sweep == "examples":
+        specs = [_spec("html_closing_tag"), _spec("temperature", nonmonotone=False, n=101),
+                 _spec("temperature", nonmonotone=True, n=101)]
+        return [_Job(sweep, spec, tol) for tol in s.example_tols for spec in specs]
+    if sweep == "temperature_fits":
+        spec = _spec("temperature", nonmonotone=True, n=101)
+        return [_Job(sweep, spec, math.nan, "relu", k) for k in s.fit_ks]
+    raise ValueError(f"unknown sweep {sweep!r}; use one of {', '.join(SWEEPS)}.")
+
+
+def _default_counter() -> Any:
+    from . import _count
+
+    return _count
+
+
+def _to_list(x: Any) -> list[float | None] | None:
+    if x is None:
+        return None
+    return [None if not np.isfinite(v) else float(v) for v in np.asarray(x, np.float64).ravel()]
+
+
+def _params_dict(params: Any) -> dict[str, Any]:
+    return {name: np.asarray(getattr(params, name)).tolist()
+            for name in ("c", "l", "w", "b", "theta")}
+
+
+def _count_rows(group: Sequence[_Job], built: Sequence[Target], s: Settings, counter: Any
+                ) -> list[dict[str, Any]]:
+    """Runs one ``required_features_batch`` call and turns its results into rows."""
+    job0 = group[0]
+    k_max = s.k_max_for(job0.sweep)
+    start = time.perf_counter()
+    results = counter.required_features_batch(
+        list(built), job0.tol, metric="mean_kl", k_max=k_max, activation=job0.activation,
+        restarts=s.restarts, max_steps=s.max_steps, key=s.key,
+    )
+    batch_seconds = time.perf_counter() - start
+    rows = []
+    for job, tgt, res in zip(group, built, results, strict=True):
+        t0 = time.perf_counter()
+        try:
+            predicted = float(counter.predicted_features(tgt, job.tol))
+        except ValueError:  # e.g. a two-point grid has no curvature to measure
+            predicted = None
+        predict_seconds = time.perf_counter() - t0
+        k = None if res.k is None else int(res.k)
+        lb = None if res.lower_bound is None else int(res.lower_bound)
+        fit = res.fit
+        row = {
+            "id": job.id, "sweep": job.sweep, "target": job.spec, "label": target_label(job.spec),
+            "T": int(tgt.num_points), "V": int(tgt.vocab), "tol": job.tol, "metric": "mean_kl",
+            "activation": job.activation, "k_max": k_max, "k": k, "lower_bound": lb,
+            "bound_certified": job.activation in BOUNDED,
+            "gap": None if k is None or lb is None else k - lb,
+            "predicted": predicted if predicted is None or np.isfinite(predicted) else None,
+            "affine_rank": affine_rank(tgt, job.tol),
+            "losses": _to_list(res.losses), "bounds": _to_list(res.bounds),
+            "fit_mean_kl": None if fit is None else float(fit.mean_kl),
+            "fit_max_kl": None if fit is None else float(fit.max_kl),
+            "fit_converged": None if fit is None else bool(fit.converged),
+            "seconds": batch_seconds / len(group), "batch_seconds": batch_seconds,
+            "batch_size": len(group), "predict_seconds": predict_seconds,
+        }
+        if job.sweep == "examples" and fit is not None:
+            row["params"] = _params_dict(fit.params)
+        rows.append(row)
+    return rows
+
+
+def _rank_row(job: _Job, tgt: Target) -> dict[str, Any]:
+    start = time.perf_counter()
+    r = affine_rank(tgt, job.tol)
+    return {
+        "id": job.id, "sweep": job.sweep, "target": job.spec, "label": target_label(job.spec),
+        "T": int(tgt.num_points), "V": int(tgt.vocab), "tol": job.tol, "metric": "mean_kl",
+        "activation": UNCONSTRAINED, "k": r, "lower_bound": None, "bound_certified": False,
+        "gap": None, "predicted": None, "affine_rank": r, "exact_rank": affine_rank(tgt),
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def _fit_rows(group: Sequence[_Job], tgt: Target, s: Settings) -> list[dict[str, Any]]:
+    from ._fit import fit_ks
+
+    ks = [job.k for job in group]
+    start = time.perf_counter()
+    results = fit_ks(tgt, ks, restarts=s.fit_restarts, max_steps=s.max_steps, key=s.key,
+                     activation=group[0].activation)
+    seconds = time.perf_counter() - start
+    return [{
+        "id": job.id, "sweep": job.sweep, "target": job.spec, "label": target_label(job.spec),
+        "T": int(tgt.num_points), "V": int(tgt.vocab), "activation": res.activation, "k": job.k,
+        "tokens": list(tgt.tokens) if tgt.tokens else None,
+        "mean_kl": float(res.mean_kl), "max_kl": float(res.max_kl),
+        "converged": bool(res.converged), "params": _params_dict(res.params),
+        "seconds": seconds / len(group),
+    } for job, res in zip(group, results, strict=True)]
+
+
+def _groups(todo: Sequence[_Job], built: Mapping[str, Target], batch: int) -> list[list[_Job]]:
+    """Jobs that can share one call (same grid, V, tolerance and activation), ``batch`` at most.
+
+    Groups come in the order of their first job; jobs keep their order within a group.
+    """
+
+    def key(job: _Job):
+        tgt = built[job.id]
+        return (job.activation, job.tol if job.k is None else None, tgt.probs.shape,
+                np.asarray(tgt.t).tobytes())
+
+    by_key: dict[Any, list[_Job]] = {}
+    for job in todo:
+        by_key.setdefault(key(job), []).append(job)
+    out = []
+    for group in by_key.values():
+        if group[0].activation == UNCONSTRAINED:
+            size = 1  # no fit: nothing to share, and each row is saved at once
+        elif group[0].k is not None:
+            size = len(group)  # the temperature fits: one fit_ks call
+        else:
+            size = batch
+        out += [group[i : i + size] for i in range(0, len(group), size)]
+    return out
+
+
+def results_path(results_dir: str | Path, sweep: str) -> Path:
+    """The results file of one sweep: ``results_dir / f"{sweep}.json"``."""
+    return Path(results_dir) / f"{sweep}.json"
+
+
+def run_sweep(
+    sweep: str,
+    results_dir: str | Path,
+    settings: Settings | str = "quick",
+    *,
+    counter: Any = None,
+    fresh: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Runs (or resumes) one sweep, saving its rows to ``results_dir/<sweep>.json`` as they finish.
+
+    Args:
+      sweep: one of :data:`SWEEPS`.
+      results_dir: directory of the results files.
+      settings: a :class:`Settings` or a preset name (``"quick"``, ``"full"``).
+      counter: the feature counter, an object with ``required_features_batch`` and
+        ``predicted_features`` (default: :mod:`jaxfeat._count`); tests pass a stand-in.
+      fresh: discard an existing results file instead of resuming it.
+      progress: print a progress line on stderr.
+
+    Returns:
+      The results file's path.
+
+    Raises:
+      ValueError: for an unknown sweep or preset, or a results file written with other settings.
+    """
+    s = _settings(settings)
+    todo_all = jobs(sweep, s)
+    store = ResultsStore(results_path(results_dir, sweep), sweep, config=s.fit_config(sweep),
+                         fresh=fresh)
+    todo = [job for job in todo_all if not store.done(job.id)]
+    if not todo:
+        if not store.path.exists():
+            store.save()
+        return store.path
+    if counter is None and any(j.k is None and j.activation != UNCONSTRAINED for j in todo):
+        counter = _default_counter()
+    built = {job.id: make_target(job.spec) for job in todo}
+    bar = Progress(len(todo_all), f"{sweep} ({s.mode})", stream="stderr" if progress else None,
+                   initial=len(todo_all) - len(todo))
+    for group in _groups(todo, built, s.batch):
+        job0 = group[0]
+        if job0.activation == UNCONSTRAINED:
+            rows = [_rank_row(job0, built[job0.id])]
+        elif job0.k is not None:
+            rows = _fit_rows(group, built[job0.id], s)
+        else:
+            rows = _count_rows(group, [built[j.id] for j in group], s, counter)
+        store.add_many(rows)
+        last = rows[-1]
+        note = f"{last['label']} k={last['k']}" + (f" tol={last['tol']:g}" if "tol" in last else "")
+        bar.update(len(rows), note)
+    bar.close()
+    return store.path
+
+
+def _settings(settings: Settings | str) -> Settings:
+    if isinstance(settings, Settings):
+        return settings
+    if settings not in PRESETS:
+        raise ValueError(
+            f"settings={settings!r} is unknown; use one of {sorted(PRESETS)} or a Settings."
+        )
+    return PRESETS[settings]
+
+
+def run_sweeps(
+    results_dir: str | Path,
+    settings: Settings | str = "quick",
+    *,
+    sweeps: Sequence[str] = SWEEPS,
+    counter: Any = None,
+    fresh: bool = False,
+    progress: bool = True,
+) -> dict[str, Path]:
+    """Runs (or resumes) several sweeps; see :func:`run_sweep`.
+
+    Args:
+      results_dir: directory of the results files (one JSON file per sweep).
+      settings: a :class:`Settings` or a preset name: ``"quick"`` (a few minutes on a laptop CPU,
+        used by ``jaxfeat reproduce``) or ``"full"``.
+      sweeps: which sweeps, in order.
+      counter: see :func:`run_sweep`.
+      fresh: start every sweep again.
+      progress: progress lines on stderr.
+
+    Returns:
+      ``{sweep: results file}``.
+    """
+    for sweep in sweeps:
+        if sweep not in SWEEPS:
+            raise ValueError(f"unknown sweep {sweep!r}; use one of {', '.join(SWEEPS)}.")
+    return {sweep: run_sweep(sweep, results_dir, settings, counter=counter, fresh=fresh,
+                             progress=progress) for sweep in sweeps}
+
+
+# ---------------------------------------------------------------------------------------------
+# Summary
+
+
+@dataclasses.dataclass(frozen=True)
+class Summary:
+    """Printable tables and key statistics of a set of results files.
+
+    Attributes:
+      text: the tables and statistics as plain text.
+      stats: the numbers: ``gap`` (bracket gap k - lower bound), ``tolerance_slope`` (log k vs
+        log tol), ``k_per_m`` (oscillations), ``encoders`` and ``examples``.
+    """
+
+    text: str
+    stats: dict[str, Any]
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def read_rows(results_dir: str | Path, sweep: str) -> list[dict[str, Any]]:
+    """The rows of one sweep's results file (empty if the file does not exist)."""
+    data = load(results_path(results_dir, sweep))
+    return [] if data is None else data["rows"]
+
+
+def gap_stats(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Bracket statistics over rows whose lower bound is certified (ReLU / JumpReLU).
+
+    ``gap = k - lower_bound`` is how far the achieved count is above what is provably needed; rows
+    where no k up to ``k_max`` reached the tolerance are counted as ``censored``.
+
+    Returns:
+      ``{"n", "censored", "le1" (fraction of gaps <= 1), "zero" (fraction of gaps == 0),
+      "max", "hist" {gap: count}}``.
+
+    Example:
+      >>> gap_stats([{"k": 3, "lower_bound": 3, "bound_certified": True},
+      ...            {"k": 5, "lower_bound": 3, "bound_certified": True}])["le1"]
+      0.5
+    """
+    rel = [r for r in rows if r.get("bound_certified") and r.get("lower_bound") is not None]
+    gaps = [r["k"] - r["lower_bound"] for r in rel if r.get("k") is not None]
+    hist: dict[int, int] = {}
+    for g in gaps:
+        hist[g] = hist.get(g, 0) + 1
+    n = len(gaps)
+    return {
+        "n": n, "censored": len(rel) - n,
+        "le1": sum(g <= 1 for g in gaps) / n if n else None,
+        "zero": sum(g == 0 for g in gaps) / n if n else None,
+        "max": max(gaps) if gaps else None, "hist": dict(sorted(hist.items())),
+    }
+
+
+def loglog_slope(x: Sequence[float], y: Sequence[float], groups: Sequence[Any] | None = None
+                 ) -> dict[str, Any]:
+    """Least-squares slope of log y against log x, with one intercept per group.
+
+    Args:
+      x: positive abscissae (e.g. tolerances).
+      y: positive ordinates (e.g. feature counts).
+      groups: optional group label per point (e.g. m); each group gets its own intercept and the
+        slope is shared.
+
+    Returns:
+      ``{"slope", "stderr", "n"}``; ``slope`` is ``None`` with fewer than two distinct x per group.
+
+    Example:
+      >>> round(loglog_slope([1e-2, 1e-4], [3.0, 3.0 * 10 ** 0.5])["slope"], 6)
+      -0.25
+    """
+    lx, ly = np.log(np.asarray(x, float)), np.log(np.asarray(y, float))
+    g = (np.zeros(len(lx), int) if groups is None
+         else np.unique(np.asarray(groups), return_inverse=True)[1])
+    dx, dy = lx.copy(), ly.copy()
+    for gi in np.unique(g):
+        sel = g == gi
+        dx[sel] -= lx[sel].mean()
+        dy[sel] -= ly[sel].mean()
+    sxx = float(dx @ dx)
+    n, dof = len(lx), len(lx) - len(np.unique(g)) - 1
+    if n == 0 or sxx == 0:
+        return {"slope": None, "stderr": None, "n": n}
+    slope = float(dx @ dy) / sxx
+    resid = dy - slope * dx
+    stderr = math.sqrt(float(resid @ resid) / dof / sxx) if dof > 0 else None
+    return {"slope": slope, "stderr": stderr, "n": n}
+
+
+def tolerance_stats(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Slopes of log k against log tol (achieved k, lower bound, prediction), per m and pooled.
+
+    Rows whose k is censored (above ``k_max``) or below 1 are left out.
+    """
+    out: dict[str, Any] = {"theory": THEORY_TOL_SLOPE}
+    for field in ("k", "lower_bound", "predicted"):
+        ok = [r for r in rows if r.get(field) is not None and r[field] >= 1]
+        ms = [r["target"].get("m") for r in ok]
+        per = {}
+        for m in sorted(set(ms)):
+            sub = [r for r in ok if r["target"].get("m") == m]
+            per[m] = loglog_slope([r["tol"] for r in sub], [r[field] for r in sub])
+        out[field] = {"pooled": loglog_slope([r["tol"] for r in ok], [r[field] for r in ok], ms),
+                      "per_m": per}
+    return out
+
+
+def k_per_m_stats(rows: Sequence[Mapping[str, Any]]) -> dict[float, dict[str, Any]]:
+    """``k / m`` across oscillation counts m, per tolerance, with a line fit ``k = a m + b``."""
+    out = {}
+    for tol in sorted({r["tol"] for r in rows}):
+        sub = sorted((r for r in rows if r["tol"] == tol and r.get("k") is not None),
+                     key=lambda r: r["target"]["m"])
+        if not sub:
+            continue
+        m = np.array([r["target"]["m"] for r in sub], float)
+        k = np.array([r["k"] for r in sub], float)
+        ratio = k / m
+        fit = np.polyfit(m, k, 1) if len(sub) >= 2 else (math.nan, math.nan)
+        pred = [r["predicted"] / r["target"]["m"] for r in sub if r.get("predicted") is not None]
+        out[tol] = {
+            "per_m": {int(mi): float(ri) for mi, ri in zip(m, ratio, strict=True)},
+            "mean": float(ratio.mean()), "std": float(ratio.std()),
+            "slope": float(fit[0]), "intercept": float(fit[1]),
+            "predicted_per_m": float(np.mean(pred)) if pred else None,
+            "censored": sum(1 for r in rows if r["tol"] == tol and r.get("k") is None),
+        }
+    return out
+
+
+def _fmt(x: Any, spec: str = "") -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, float) and not spec:
+        return f"{x:.3g}"
+    return format(x, spec)
+
+
+def _table(rows: Sequence[Mapping[str, Any]], cols: Sequence[tuple[str, str, str]]) -> str:
+    """Plain-text table; ``cols`` are (header, key, format spec)."""
+    cells = [[h for h, _, _ in cols]]
+    for r in rows:
+        cells.append([_fmt(r.get(key), spec) for _, key, spec in cols])
+    widths = [max(len(c[i]) for c in cells) for i in range(len(cols))]
+    lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in
+                       enumerate(zip(line, widths, strict=True))) for line in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+_COUNT_COLS = [("target", "label", ""), ("tol", "tol", "g"), ("act", "activation", ""),
+               ("LB", "lower_bound", ""), ("k", "k", ""), ("pred", "predicted", ".1f"),
+               ("gap", "gap", ""), ("rank", "affine_rank", ""), ("fit KL", "fit_mean_kl", ".2e"),
+               ("s", "seconds", ".1f")]
+
+
+def _slope_text(d: Mapping[str, Any]) -> str:
+    if d.get("slope") is None:
+        return "-"
+    se = f" +- {d['stderr']:.3f}" if d.get("stderr") is not None else ""
+    return f"{d['slope']:.3f}{se} (n={d['n']})"
+
+
+def summarize(results_dir: str | Path) -> Summary:
+    """Tables of every sweep found in ``results_dir`` and the key statistics.
+
+    Statistics: the bracket gap (achieved k - certified lower bound) over all ReLU/JumpReLU rows,
+    the fitted slope of log k against log tol (theory: -1/4), ``k / m`` across oscillation counts
+    (theory: constant), the encoder comparison and the seed's examples.
+
+    Args:
+      results_dir: directory with the sweeps' JSON files (missing sweeps are skipped).
+
+    Returns:
+      A :class:`Summary`; ``print(summary)`` shows the text.
+    """
+    rows = {sweep: read_rows(results_dir, sweep) for sweep in SWEEPS}
+    stats: dict[str, Any] = {"rows": {k: len(v) for k, v in rows.items()}}
+    parts = []
+    titles = {"oscillations": "Oscillations: oscillating(m)", "tolerance": "Tolerance sweep",
+              "vocabulary": "Vocabulary size", "encoders": "Encoders",
+              "examples": "The seed's examples"}
+    for sweep, title in titles.items():
+        if rows[sweep]:
+            parts.append(f"== {title} ==\n" + _table(rows[sweep], _COUNT_COLS))
+    if rows["temperature_fits"]:
+        parts.append("== Temperature (non-monotone) fits ==\n" + _table(
+            rows["temperature_fits"], [("target", "label", ""), ("k", "k", ""),
+                                       ("mean KL", "mean_kl", ".2e"), ("max KL", "max_kl", ".2e"),
+                                       ("s", "seconds", ".1f")]))
+    count_rows = [r for s in SWEEPS[:5] for r in rows[s]]
+    gap = gap_stats(count_rows)
+    stats["gap"] = gap
+    lines = ["== Key statistics =="]
+    if gap["n"]:
+        lines.append(f"bracket gap k - LB (ReLU/JumpReLU, {gap['n']} rows, {gap['censored']} "
+                     f"above k_max): gap <= 1 in {gap['le1']:.0%}, gap = 0 in {gap['zero']:.0%}, "
+                     f"max {gap['max']}, histogram {gap['hist']}")
+    if rows["tolerance"]:
+        ts = tolerance_stats(rows["tolerance"])
+        stats["tolerance_slope"] = ts
+        lines.append(f"slope of log k vs log tol (theory {THEORY_TOL_SLOPE}): achieved "
+                     f"{_slope_text(ts['k']['pooled'])}; lower bound "
+                     f"{_slope_text(ts['lower_bound']['pooled'])}; predicted "
+                     f"{_slope_text(ts['predicted']['pooled'])}")
+        for m, d in ts["k"]["per_m"].items():
+            lines.append(f"  m={m}: achieved {_slope_text(d)}; lower bound "
+                         f"{_slope_text(ts['lower_bound']['per_m'].get(m, {}))}")
+    if rows["oscillations"]:
+        km = k_per_m_stats(rows["oscillations"])
+        stats["k_per_m"] = km
+        for tol, d in km.items():
+            per = ", ".join(f"{m}:{v:.2f}" for m, v in d["per_m"].items())
+            pred = "" if d["predicted_per_m"] is None else f", predicted {d['predicted_per_m']:.2f}"
+            lines.append(f"k/m at tol {tol:g}: mean {d['mean']:.2f} +- {d['std']:.2f} ({per}); "
+                         f"fit k = {d['slope']:.2f} m + {d['intercept']:.2f}{pred}"
+                         + (f"; {d['censored']} above k_max" if d["censored"] else ""))
+    if rows["encoders"]:
+        enc: dict[str, dict[str, Any]] = {}
+        for r in rows["encoders"]:
+            enc.setdefault(r["label"], {})[r["activation"]] = r["k"]
+        stats["encoders"] = enc
+        for label, d in enc.items():
+            lines.append(f"encoders, {label}: " + ", ".join(f"{a} {_fmt(k)}" for a, k in d.items()))
+    if rows["examples"]:
+        ex = {f"{r['label']} tol={r['tol']:g}": {"k": r["k"], "lower_bound": r["lower_bound"]}
+              for r in rows["examples"]}
+        stats["examples"] = ex
+        lines.append("examples: " + "; ".join(
+            f"{name}: k={_fmt(d['k'])} (LB {_fmt(d['lower_bound'])})" for name, d in ex.items()))
+    parts.append("\n".join(lines))
+    return Summary("\n\n".join(parts), stats)

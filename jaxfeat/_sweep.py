@@ -1,0 +1,363 @@
+"""A results store for long, resumable sweeps: one JSON file per sweep, rewritten atomically.
+
+A sweep is a list of rows (plain dicts), each keyed by a stable id built from the sweep name and the
+row's parameters. :class:`ResultsStore` rewrites the whole file after every row or small group of
+rows: the new content goes to a temporary file in the same directory, is flushed and fsynced, and
+then ``os.replace`` swaps it in, which is atomic on POSIX and Windows. A process killed at any point
+therefore leaves either the previous file or the new one, never a torn one; on restart the store
+loads the rows it has and the runner skips their ids, so no row is lost or written twice.
+
+One writer per file: the store does not lock, and a second process writing the same file would
+overwrite the first one's rows.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+FORMAT = 1
+# The process umask can only be read by setting it; done once, at import.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
+
+def _fmt(value: Any) -> str:
+    """Formats one parameter value for a row id; floats keep 6 significant digits."""
+    if isinstance(value, bool) or value is None:
+        return str(value)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return format(value, ".6g")
+    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:  # NumPy / JAX scalars
+        return _fmt(value.item())
+    if isinstance(value, Mapping):
+        return "(" + ",".join(f"{k}={_fmt(v)}" for k, v in sorted(value.items())) + ")"
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(_fmt(v) for v in value) + "]"
+    return str(value)
+
+
+def row_id(sweep: str, params: Mapping[str, Any]) -> str:
+    """A stable, readable id for one row of a sweep.
+
+    Keys are sorted and floats rounded to 6 significant digits, so the same parameters give the same
+    id in every process, whatever the dict order or the last bit of a computed float.
+
+    Args:
+      sweep: the sweep's name.
+      params: the parameters that identify the row (nested dicts and lists are allowed).
+
+    Returns:
+      ``"sweep/key=value,..."``.
+
+    Example:
+      >>> row_id("oscillations", {"tol": 0.001, "m": 3})
+      'oscillations/m=3,tol=0.001'
+      >>> row_id("t", {"x": 0.1 + 0.2}) == row_id("t", {"x": 0.3})
+      True
+    """
+    if not sweep or "/" in sweep:
+        raise ValueError(f"sweep={sweep!r} must be a non-empty name without '/'.")
+    return sweep + "/" + ",".join(f"{k}={_fmt(v)}" for k, v in sorted(params.items()))
+
+
+def jsonable(value: Any) -> Any:
+    """Converts arrays and NumPy/JAX scalars to JSON types; NaN and infinities become ``None``.
+
+    Strict JSON has no NaN, and ``None`` reads back in every JSON parser.
+
+    Example:
+      >>> import numpy as np
+      >>> jsonable({"a": np.array([1.0, np.nan]), "b": np.int64(3)})
+      {'a': [1.0, None], 'b': 3}
+    """
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    if hasattr(value, "tolist"):  # NumPy and JAX arrays and scalars
+        return jsonable(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, bool | int | float | str) or value is None:
+        return value
+    raise TypeError(f"cannot store a value of type {type(value).__name__} in a results file.")
+
+
+def environment() -> dict[str, Any]:
+    """The machine and library versions a sweep ran on (recorded once per results file).
+
+    Returns:
+      A dict with ``jax``, ``jaxlib``, ``numpy``, ``jaxfeat`` and ``python`` versions, the JAX
+      ``backend``, ``device`` kind and ``device_count``, ``x64`` (whether float64 is enabled),
+      ``cpu_count``, ``platform`` and ``machine``.
+    """
+    import jax
+    import numpy as np
+
+    from . import __version__
+
+    try:
+        import jaxlib
+
+        jaxlib_version = jaxlib.__version__
+    except (ImportError, AttributeError):
+        jaxlib_version = None
+    devices = jax.devices()
+    return {
+        "jax": jax.__version__,
+        "jaxlib": jaxlib_version,
+        "numpy": np.__version__,
+        "jaxfeat": __version__,
+        "python": platform.python_version(),
+        "backend": jax.default_backend(),
+        "device": devices[0].device_kind,
+        "device_count": len(devices),
+        "x64": bool(jax.config.jax_enable_x64),
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+    }
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Writes ``obj`` as JSON so that ``path`` holds either the old or the new content, never a mix.
+
+    Writes a temporary file in the same directory (``os.replace`` is only atomic within one file
+    system), fsyncs it, replaces ``path`` and fsyncs the directory so the rename itself survives a
+    power cut.
+
+    Args:
+      path: destination file.
+      obj: JSON-serialisable object (see :func:`jsonable`).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        # mkstemp creates the file private (0600); results files get the usual permissions.
+        os.chmod(tmp, 0o666 & ~_UMASK)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=1, allow_nan=False)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        # An exception in this process (not a kill) must not leave a stray temporary file.
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    if hasattr(os, "O_DIRECTORY"):
+        dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+
+class ResultsStore:
+    """Rows of one sweep in one JSON file, saved atomically and resumed after a crash.
+
+    The file holds ``{"format", "sweep", "config", "environment", "created", "updated", "rows"}``.
+    ``environment`` is recorded when the file is created; a session on a different machine appends
+    its own to ``other_environments`` so mixed timings are visible. ``config`` holds the settings
+    that change what a row's numbers mean (fit sizes, seeds): resuming with a different config
+    raises rather than mixing incomparable rows.
+
+    Args:
+      path: the JSON file (created on the first write; its directory too).
+      sweep: the sweep's name, checked against the file's.
+      config: JSON-able settings the rows depend on.
+      fresh: discard an existing file instead of resuming it.
+      record_environment: record :func:`environment` (imports JAX); turn off for tests of the store
+        alone.
+
+    Raises:
+      ValueError: if the file belongs to another sweep or was written with another config.
+
+    Example:
+      >>> import tempfile, pathlib
+      >>> path = pathlib.Path(tempfile.mkdtemp()) / "demo.json"
+      >>> store = ResultsStore(path, "demo", record_environment=False)
+      >>> rid = row_id("demo", {"m": 1})
+      >>> store.add({"id": rid, "k": 4})
+      >>> ResultsStore(path, "demo", record_environment=False).done(rid)
+      True
+      >>> import shutil; shutil.rmtree(path.parent)
+
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        sweep: str,
+        *,
+        config: Mapping[str, Any] | None = None,
+        fresh: bool = False,
+        record_environment: bool = True,
+    ) -> None:
+        self.path = Path(path)
+        self.sweep = sweep
+        self.config = jsonable(dict(config or {}))
+        self._rows: dict[str, dict[str, Any]] = {}
+        self._clean_stale_tmp()
+        env = environment() if record_environment else None
+        old = None if fresh else load(self.path)
+        if old is None:
+            self._meta = {
+                "format": FORMAT, "sweep": sweep, "config": self.config, "environment": env,
+                "created": _now(),
+            }
+            return
+        if old.get("sweep") != sweep:
+            raise ValueError(
+                f"{self.path} holds sweep {old.get('sweep')!r}, not {sweep!r}; use another file."
+            )
+        if old.get("config") != self.config:
+            raise ValueError(
+                f"{self.path} was written with config {old.get('config')} but this run uses "
+                f"{self.config}; delete the file or pass fresh=True to start the sweep again."
+            )
+        self._meta = {k: v for k, v in old.items() if k != "rows"}
+        if env is not None and env != old.get("environment"):
+            others = self._meta.setdefault("other_environments", [])
+            if env not in others:
+                others.append(env)
+        for row in old["rows"]:
+            self._rows[row["id"]] = row
+
+    def _clean_stale_tmp(self) -> None:
+        # Left behind only by a process killed between creating and renaming its temporary file.
+        if self.path.parent.is_dir():
+            for tmp in self.path.parent.glob(f".{self.path.name}.*.tmp"):
+                tmp.unlink(missing_ok=True)
+
+    def done(self, row_id: str) -> bool:
+        """Whether a row with this id is already stored."""
+        return row_id in self._rows
+
+    def __contains__(self, row_id: object) -> bool:
+        return row_id in self._rows
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return iter(self.rows)
+
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        """The stored rows, in the order they were first added."""
+        return list(self._rows.values())
+
+    @property
+    def environment(self) -> dict[str, Any] | None:
+        return self._meta.get("environment")
+
+    def add(self, row: Mapping[str, Any]) -> None:
+        """Adds (or replaces) one row and saves the file; see :meth:`add_many`."""
+        self.add_many([row])
+
+    def add_many(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        """Adds rows (each with an ``"id"``; a stored id is replaced in place) and saves atomically.
+
+        Raises:
+          ValueError: if a row has no ``"id"``.
+        """
+        for row in rows:
+            if "id" not in row:
+                raise ValueError(f"row {dict(row)} has no 'id'; build one with row_id().")
+            self._rows[str(row["id"])] = jsonable(dict(row))
+        self.save()
+
+    def save(self) -> None:
+        """Writes the file atomically (also creates it when no row was added yet)."""
+        atomic_write_json(self.path, {**self._meta, "updated": _now(), "rows": self.rows})
+
+
+def load(path: str | os.PathLike) -> dict[str, Any] | None:
+    """Reads a results file; ``None`` if it does not exist.
+
+    Raises:
+      ValueError: if the file is not a results file (it is never a torn write: see the module
+        docstring), e.g. it was edited by hand.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); delete it to start again.") from None
+    if not isinstance(data, dict) or not isinstance(data.get("rows"), list):
+        raise ValueError(f"{path} is not a results file (no 'rows' list); delete it or move it.")
+    return data
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+class Progress:
+    """A one-line text progress report on stderr (a self-updating line on a terminal).
+
+    Args:
+      total: number of rows to run.
+      label: what is running, printed first.
+      stream: where to write (default ``sys.stderr``); ``None`` silences it.
+      initial: rows already done (a resumed sweep).
+
+    Example:
+      >>> import io
+      >>> buf = io.StringIO()
+      >>> bar = Progress(2, "demo", stream=buf)
+      >>> bar.update(1, "m=1"); bar.close()
+      >>> "demo" in buf.getvalue() and "1/2" in buf.getvalue()
+      True
+    """
+
+    def __init__(self, total: int, label: str, stream: Any = "stderr", initial: int = 0) -> None:
+        self.total = total
+        self.label = label
+        self.stream = sys.stderr if stream == "stderr" else stream
+        self.done = initial
+        self.start = time.perf_counter()
+        self._tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self._width = 0
+
+    def update(self, n: int = 1, note: str = "") -> None:
+        """Marks ``n`` more rows as done; ``note`` describes the last one."""
+        self.done += n
+        if self.stream is None:
+            return
+        elapsed = time.perf_counter() - self.start
+        frac = self.done / self.total if self.total else 1.0
+        bar = "#" * round(20 * frac) + "-" * (20 - round(20 * frac))
+        eta = f", ~{elapsed / frac - elapsed:.0f}s left" if 0 < frac < 1 else ""
+        line = f"{self.label} [{bar}] {self.done}/{self.total} {elapsed:.0f}s{eta} {note}".rstrip()
+        if self._tty:
+            pad = max(self._width - len(line), 0)
+            self.stream.write("\r" + line + " " * pad)
+            self._width = len(line)
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        """Ends the line on a terminal."""
+        if self.stream is not None and self._tty:
+            self.stream.write("\n")
+            self.stream.flush()
