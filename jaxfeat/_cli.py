@@ -22,7 +22,9 @@ def reproduce(
     from . import _experiments, _plots, _seed
 
     start = time.perf_counter()
-    figs, res = Path(figures_dir), Path(results_dir)
+    mode = "full" if full else "quick"
+    figs = Path(figures_dir)
+    res = Path(results_dir or f"benchmarks/results/feature_count_{mode}")
     print("jaxfeat reproduce: the seed's examples (1 and 2 ReLU features)", flush=True)
     seed = _seed.seed_fits()
     print(_seed.seed_table(seed), flush=True)
@@ -30,7 +32,6 @@ def reproduce(
         _seed.figure_html(seed, figs / "fig1_html_closing_tag.png"),
         _seed.figure_temperature(seed, figs / "fig2_temperature.png"),
     ]
-    mode = "full" if full else "quick"
     print(f"\nFeature-count sweeps ({mode} mode; results in {res})", flush=True)
     _experiments.run_sweeps(res, mode, fresh=fresh)
     summary = _experiments.summarize(res)
@@ -47,7 +48,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     rep = sub.add_parser("reproduce", help="write the figures and benchmark tables")
     rep.add_argument("--full", action="store_true", help="complete sweeps (slow) instead of quick")
     rep.add_argument("--figures-dir", default="figures")
-    rep.add_argument("--results-dir", default="benchmarks/results")
+    rep.add_argument("--results-dir", default=None,
+                     help="default: benchmarks/results/feature_count_{quick,full}")
     rep.add_argument("--fresh", action="store_true", help="ignore existing results, start again")
     args = parser.parse_args(argv)
     if args.command == "reproduce":
