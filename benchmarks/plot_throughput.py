@@ -1,0 +1,225 @@
+"""Figures from the throughput benchmark's results (``benchmarks/throughput.py``).
+
+Writes ``throughput_batch.png`` (loss against time for jaxfeat and the baselines, and the cost of
+one Gauss-Newton step) and ``throughput_scaling.png`` (time and memory against batch size, k, T
+and V).
+
+Usage::
+
+    python benchmarks/plot_throughput.py [--results benchmarks/results/throughput_cpu.json]
+        [--outdir figures]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.ticker import NullFormatter
+
+STYLE = {
+    "jaxfeat": {"color": "C0", "marker": "o", "label": "jaxfeat (defaults)"},
+    "scipy_lbfgsb": {"color": "C1", "marker": "s", "label": "SciPy L-BFGS-B, serial"},
+    "scipy_lbfgsb_random_init": {"color": "C1", "marker": "^", "ls": ":",
+                                 "label": "SciPy L-BFGS-B, random init"},
+    "optax_lbfgs": {"color": "C2", "marker": "D", "label": "optax.lbfgs, vmapped"},
+}
+
+
+def _points(method: dict, name: str, idx=None, scale: float = 1.0):
+    """(time, loss, label) of a method's loss-time curve, losses averaged over ``idx``."""
+    rows = method["curve"] if name.startswith("scipy") else method["budgets"]
+    out = []
+    for r in rows:
+        loss = r["loss"] if idx is None else float(np.mean(np.asarray(r["loss_per_target"])[idx]))
+        tm = r["time_s"] if name.startswith("scipy") else r["warm_s"]
+        label = r.get("max_steps", r.get("steps", r.get("iterations")))
+        if tm > 0:
+            out.append((tm * scale, loss, label))
+    return sorted(out)
+
+
+def _log_axes(ax) -> None:
+    # Labelled minor ticks collide on short log ranges; the major decades are enough.
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.yaxis.set_minor_formatter(NullFormatter())
+
+
+def _loss_time_panel(ax, series, ref, title, speedup=None):
+    for name, pts, extra in series:
+        st = dict(STYLE[name])
+        label = st.pop("label") + extra
+        xs, ys, _ = zip(*pts, strict=True)
+        ax.plot(xs, ys, label=label, lw=1.5, ms=5, **st)
+        if name == "jaxfeat":
+            for x, y, lab in pts:
+                ax.annotate(f"{lab}", (x, y), textcoords="offset points", xytext=(4, 4),
+                            fontsize=7, color=st["color"])
+    if ref is not None:
+        ax.axhline(ref, color="0.5", lw=0.8, ls="--", label="reference (1.05 x best)")
+    _log_axes(ax)
+    ax.set_xlabel("warm wall-clock time (s)")
+    ax.set_ylabel("mean KL over grid and targets (nats)")
+    if speedup is not None:
+        title += f"\njaxfeat {speedup:.0f}x faster at matched loss"
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize=7, loc="upper right")
+
+
+def _speedup(comp: dict, name: str):
+    r = comp["jaxfeat_vs"][name]
+    return r["speedup_at_matched_loss"]
+
+
+def plot_batch(res: dict, path: Path) -> None:
+    fig, axes = plt.subplots(2, 2, figsize=(12, 9.5))
+    batch, single, brk = res.get("batch"), res.get("single"), res.get("breakdown")
+    if batch:
+        m = batch["methods"]
+        n = res["settings"]["config"]["batch_size"]
+        sp, ox = m["scipy_lbfgsb"], m["optax_lbfgs"]
+        sub = sp["subset"]
+        scale = n / len(sub)
+        comp = batch["comparison"]["scipy_lbfgsb"]
+        _loss_time_panel(
+            axes[0, 0],
+            [("jaxfeat", _points(m["jaxfeat"], "jaxfeat", sub), " (labels: max_steps)"),
+             ("scipy_lbfgsb", _points(sp, "scipy_lbfgsb", scale=scale),
+              f" (from {len(sub)} targets, x{scale:g})")],
+            comp["reference_loss"], f"{n} random_smooth targets, k=8, 16 restarts: vs SciPy",
+            _speedup(comp, "scipy_lbfgsb"))
+        sizes = sorted(ox["subset_runs"], key=int)
+        osub = ox["subset_runs"][sizes[-1]]["subset"]
+        comp = batch["comparison"]["optax_lbfgs"]
+        _loss_time_panel(
+            axes[0, 1],
+            [("jaxfeat", _points(m["jaxfeat"], "jaxfeat", osub), " (labels: max_steps)"),
+             ("optax_lbfgs", _points(ox, "optax_lbfgs"),
+              f" (fitted on {' and '.join(sizes)} targets)")],
+            comp["reference_loss"], f"{n} random_smooth targets, k=8, 16 restarts: vs optax",
+            _speedup(comp, "optax_lbfgs"))
+    if single:
+        comp = single["comparison"]
+        series = [(name, _points(d, name), "") for name, d in single["methods"].items()]
+        _loss_time_panel(axes[1, 0], series, comp["reference_loss"],
+                         "one target (oscillating(2)), k=8, 16 restarts")
+    if brk:
+        ax = axes[1, 1]
+        names = {"lm_step": "Gauss-Newton step (jaxfeat)",
+                 "reseed": "re-seeding check (jaxfeat)",
+                 "loss": "loss evaluation",
+                 "value_and_grad": "value and gradient",
+                 "cholesky_factor_and_solve": "Cholesky factor + solve",
+                 "optax_lbfgs_step": "optax L-BFGS step (incl. line search)"}
+        times = brk["times_s"]
+        keys = [k for k in names if k in times]
+        vals = [1e3 * times[k] for k in keys]
+        ax.barh(range(len(keys)), vals, color=["C0", "C0", "C7", "C7", "C7", "C2"][:len(keys)])
+        ax.set_yticks(range(len(keys)), [names[k] for k in keys], fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xlabel("warm time per batched call (ms)")
+        frac = brk["lm_step_fractions"]
+        ax.set_title(
+            f"one step on {brk['description'].split(',')[0]}\nGauss-Newton step = "
+            f"{100 * frac['gradient_and_ggn_assembly']:.0f}% gradient and GGN, "
+            f"{100 * frac['model_evaluation']:.0f}% model, "
+            f"{100 * frac['cholesky_factor_and_solve']:.0f}% Cholesky", fontsize=10)
+        ax.grid(True, axis="x", alpha=0.3)
+    for ax in axes.flat:
+        if not ax.has_data():
+            ax.set_axis_off()
+    env = res["environment"]
+    fig.suptitle(f"jaxfeat fitting throughput ({env['backend']}, {env['cpu_count']} CPU cores, "
+                 f"jax {env['jax']})", fontsize=12)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130, metadata={"Software": None})
+    plt.close(fig)
+
+
+def plot_scaling(res: dict, path: Path) -> None:
+    sc = res.get("scaling")
+    if not sc:
+        return
+    axes_info = [("batch_size", "targets per call (B)"), ("k", "features k"),
+                 ("T", "grid points T"), ("V", "vocabulary V")]
+    fig, axes = plt.subplots(2, 4, figsize=(16, 7.5))
+    lm_max = sc.get("lm_max_params")
+    for j, (key, xlabel) in enumerate(axes_info):
+        if key not in sc:
+            axes[0, j].set_axis_off()
+            axes[1, j].set_axis_off()
+            continue
+        pts = [p for p in sc[key]["points"] if "skipped" not in p]
+        xs = np.array([p["value"] for p in pts], float)
+        ts = np.array([p["warm_s"] for p in pts], float)
+        mem = np.array([(p.get("xla_total_bytes") or np.nan) / 2**20 for p in pts], float)
+        for row, ys, ylabel, slope in (
+            (0, ts, "warm time per fit_batch call (s)", sc[key]["time_slope_upper_half"]),
+            (1, mem, "XLA buffers of the fit kernel (MiB)", sc[key]["memory_slope_upper_half"]),
+        ):
+            ax = axes[row, j]
+            ok = np.isfinite(ys)
+            ax.plot(xs[ok], ys[ok], "o-", color="C0" if row == 0 else "C3", ms=5)
+            if ok.sum() >= 2 and slope is not None:
+                half = xs[ok][len(xs[ok]) // 2:]
+                y_half = ys[ok][len(xs[ok]) // 2:]
+                c = np.exp(np.mean(np.log(y_half) - slope * np.log(half)))
+                ax.plot(half, c * half**slope, "--", color="0.3", lw=1,
+                        label=f"fit on upper half: ~ {xlabel.split()[-1]}^{slope:.2f}")
+                ax.legend(fontsize=8, loc="upper left")
+            skipped = [p["value"] for p in sc[key]["points"] if "skipped" in p]
+            if skipped and row == 0:
+                ax.text(0.98, 0.03, f"not run (time cap): {', '.join(map(str, skipped))}",
+                        transform=ax.transAxes, ha="right", fontsize=7, color="0.4")
+            if lm_max and key in ("V", "k"):
+                # Where (k + 1) V + k exceeds the Gauss-Newton size limit the default optimiser
+                # becomes optax.lbfgs.
+                if key == "V":
+                    switch = (lm_max - 8) / 9
+                else:
+                    switch = (lm_max - 3) / 4
+                if xs.min() <= switch <= xs.max():
+                    ax.axvline(switch, color="0.5", ls=":", lw=1)
+                    ax.text(switch, 0.97, "Gauss-Newton | lbfgs", ha="center", va="top",
+                            transform=ax.get_xaxis_transform(), fontsize=7, color="0.3")
+            _log_axes(ax)
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(ylabel)
+            ax.grid(True, which="major", alpha=0.3)
+    axes[0, 0].set_title("batch size (mixed targets, k=8)", fontsize=10)
+    axes[0, 1].set_title("features (one target, T=256, V=3)", fontsize=10)
+    axes[0, 2].set_title("grid length (one target, k=8, V=3)", fontsize=10)
+    axes[0, 3].set_title("vocabulary (one target, k=8, T=256)", fontsize=10)
+    env = res["environment"]
+    fig.suptitle(f"jaxfeat.fit_batch scaling, 16 restarts per target ({env['backend']}, "
+                 f"{env['cpu_count']} CPU cores)", fontsize=12)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130, metadata={"Software": None})
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--results", type=Path,
+                    default=Path("benchmarks/results/throughput_cpu.json"))
+    ap.add_argument("--outdir", type=Path, default=Path("figures"))
+    args = ap.parse_args(argv)
+    res = json.loads(args.results.read_text())
+    args.outdir.mkdir(parents=True, exist_ok=True)
+    plot_batch(res, args.outdir / "throughput_batch.png")
+    plot_scaling(res, args.outdir / "throughput_scaling.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
