@@ -24,7 +24,11 @@ to run on the whole batch run on a documented subset and are extrapolated; the J
 Usage::
 
     python benchmarks/throughput.py [--quick] [--out benchmarks/results/throughput_cpu.json]
-        [--device-label LABEL] [--sections single,batch,ks,scaling,breakdown]
+        [--device-label LABEL] [--sections single,batch,ks,scaling,breakdown] [--resume]
+
+``--quick`` runs small sizes in a few minutes; the full run takes about a quarter of an hour on
+two CPU cores. Results are written atomically after every section; ``--resume`` keeps the
+sections an interrupted run already wrote.
 """
 
 from __future__ import annotations
@@ -636,6 +640,39 @@ def _loglog_slope(x, y) -> float | None:
     return float(np.polyfit(np.log(x[ok]), np.log(y[ok]), 1)[0])
 
 
+def _n_params(name: str, value: int) -> int:
+    """Parameters per restart, (k + 1) V + k, at a point of a sweep (defaults k = 8, V = 3)."""
+    k = value if name == "k" else 8
+    V = value if name == "V" else 3
+    return (k + 1) * V + k
+
+
+def growth_laws(name: str, points: list[dict]) -> dict:
+    """Log-log slopes of warm time and kernel memory against the swept size.
+
+    Fitted over all points, over the upper half (where fixed costs matter least), and, where the
+    default optimiser changes along the sweep, separately for the Gauss-Newton points.
+    """
+    done = [p for p in points if "skipped" not in p]
+    xs = np.array([p["value"] for p in done], float)
+    times = np.array([p["warm_s"] for p in done], float)
+    mem = np.array([p.get("xla_total_bytes") or np.nan for p in done], float)
+    upper = slice(len(done) // 2, None)
+    out = {
+        "time_slope_all": _loglog_slope(xs, times),
+        "time_slope_upper_half": _loglog_slope(xs[upper], times[upper]),
+        "memory_slope_all": _loglog_slope(xs, mem),
+        "memory_slope_upper_half": _loglog_slope(xs[upper], mem[upper]),
+    }
+    lm = np.array([_n_params(name, p["value"]) <= jf_fit.LM_MAX_PARAMS for p in done])
+    if 0 < lm.sum() < len(done):
+        out.update(time_slope_gauss_newton=_loglog_slope(xs[lm], times[lm]),
+                   memory_slope_gauss_newton=_loglog_slope(xs[lm], mem[lm]),
+                   time_slope_lbfgs=_loglog_slope(xs[~lm], times[~lm]),
+                   memory_slope_lbfgs=_loglog_slope(xs[~lm], mem[~lm]))
+    return out
+
+
 def section_scaling(cfg: dict, batch: dict | None = None) -> dict:
     out: dict[str, Any] = {}
     cap = cfg["scaling_cap_s"]
@@ -643,8 +680,9 @@ def section_scaling(cfg: dict, batch: dict | None = None) -> dict:
     def sweep(name, values, make):
         points = []
         for v in values:
-            if points and points[-1].get("first_s", 0.0) > cap:
-                points.append({"value": v, "skipped": f"previous point's call took over {cap} s"})
+            # Sizes grow along a sweep: once a call is over the cap, larger ones are skipped.
+            if any(p.get("first_s", 0.0) > cap for p in points):
+                points.append({"value": v, "skipped": f"an earlier call took over {cap} s"})
                 continue
             if name == "batch_size" and batch is not None and v == batch["size"]:
                 points.append(dict(batch["point"], value=v, reused="batch section"))
@@ -660,18 +698,7 @@ def section_scaling(cfg: dict, batch: dict | None = None) -> dict:
             points.append(rec)
             log(f"  scaling {name}={v}: warm {rec['warm_s']:.3f}s first {rec['first_s']:.2f}s "
                 f"xla buffers {(rec['xla_total_bytes'] or 0) / 2**20:.1f} MiB")
-        done = [p for p in points if "skipped" not in p]
-        xs = [p["value"] for p in done]
-        upper = slice(len(done) // 2, None)
-        times = [p["warm_s"] for p in done]
-        mem = [p.get("xla_total_bytes") or np.nan for p in done]
-        out[name] = {
-            "points": points,
-            "time_slope_all": _loglog_slope(xs, times),
-            "time_slope_upper_half": _loglog_slope(xs[upper], times[upper]),
-            "memory_slope_all": _loglog_slope(xs, mem),
-            "memory_slope_upper_half": _loglog_slope(xs[upper], mem[upper]),
-        }
+        out[name] = {"points": points, **growth_laws(name, points)}
 
     def batch_of(b):
         t, probs, _ = mixed_batch(b)
@@ -847,11 +874,19 @@ def write_json(path: Path, data: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="small sizes (a few minutes)")
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/throughput_cpu.json"))
+    ap.add_argument("--out", type=Path, default=None,
+                    help="results JSON (default benchmarks/results/throughput_cpu.json, or "
+                         "throughput_cpu_quick.json with --quick so a quick run never replaces "
+                         "the full results)")
     ap.add_argument("--device-label", default=None, help="free-text name of the machine")
     ap.add_argument("--sections", default=",".join(SECTIONS),
                     help=f"comma-separated subset of {','.join(SECTIONS)}")
+    ap.add_argument("--resume", action="store_true",
+                    help="keep the sections already in --out (same mode) and run the others")
     args = ap.parse_args(argv)
+    if args.out is None:
+        name = "throughput_cpu_quick.json" if args.quick else "throughput_cpu.json"
+        args.out = Path("benchmarks/results") / name
     sections = [s for s in args.sections.split(",") if s]
     unknown = set(sections) - set(SECTIONS)
     if unknown:
@@ -875,6 +910,14 @@ def main(argv: list[str] | None = None) -> int:
                        "device_peak_bytes: the accelerator allocator's peak, where it has one"),
         },
     }
+    if args.resume and args.out.exists():
+        old = json.loads(args.out.read_text())
+        if old.get("settings", {}).get("quick") == args.quick:
+            kept = [s for s in sections if s in old]
+            results.update({s: old[s] for s in kept})
+            results["environment"] = dict(old["environment"], resumed_with=results["environment"])
+            sections = [s for s in sections if s not in kept]
+            log(f"resuming: keeping {kept}")
     runners: dict[str, Callable[[], dict]] = {
         "single": lambda: section_single(cfg),
         "batch": lambda: section_batch(cfg),
@@ -882,14 +925,16 @@ def main(argv: list[str] | None = None) -> int:
         "scaling": lambda: section_scaling(cfg, _batch_point(results)),
         "breakdown": lambda: section_breakdown(cfg),
     }
-    t_start = time.perf_counter()
     for s in sections:
         t0 = time.perf_counter()
+        started = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         results[s] = runners[s]()
-        results[s]["section_wall_s"] = time.perf_counter() - t0
+        results[s].update(section_wall_s=time.perf_counter() - t0, started_utc=started,
+                          load_average_after=os.getloadavg())
         results["environment"]["load_average_end"] = os.getloadavg()
         results["goals"] = goals(results)
-        results["total_wall_s"] = time.perf_counter() - t_start
+        results["total_wall_s"] = sum(results[x]["section_wall_s"] for x in SECTIONS
+                                      if x in results)
         write_json(args.out, results)  # after every section, so a long run leaves partial results
         log(f"section {s} done in {results[s]['section_wall_s']:.1f}s")
     log(json.dumps(results.get("goals", {}), indent=1))
