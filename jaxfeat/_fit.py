@@ -10,8 +10,9 @@ regression with soft labels), so every fit starts with a convex solve at curvatu
 knots; the knots then move jointly with ``W`` under a damped Gauss-Newton (Levenberg-Marquardt)
 method whose curvature is the exact generalised Gauss-Newton matrix ``J^T (diag q - q q^T) J``
 assembled from its Kronecker-structured blocks. Features that end up contributing nothing are
-re-seeded where the pointwise KL is largest. Large problems (many parameters) or a user-given optax
-optimiser use a first-order loop on the same loss instead.
+re-seeded where the pointwise KL is largest. Members (targets x restarts) run through a work queue
+of vmapped lanes, each member at its own pace. Large problems (many parameters) or a user-given
+optax optimiser use a first-order loop on the same loss instead.
 """
 
 from __future__ import annotations
@@ -138,20 +139,35 @@ def _step_jvp(primals, tangents):
     return _step(x, eps), dx * (jnp.abs(x) < eps / 2).astype(x.dtype) / eps
 
 
+# Arrays over the grid keep it as the minor axis, (k, T) and (V, T): with V = 3 minor, XLA's CPU
+# reductions over V and small contractions run several times slower (benchmarks/throughput.py).
+
+
 def _acts(u, tau, e, s, activation: str, eps):
-    x = s * (u[:, None] - tau)
+    """(k, T) activations of the k hinges on the grid u."""
+    x = s[:, None] * (u - tau[:, None])
     if activation == "relu":
         return jax.nn.relu(x)
     if activation == "jumprelu":
-        return _step(x, eps) * (e + x)
-    kappa = jnp.exp(e)
+        return _step(x, eps) * (e[:, None] + x)
+    kappa = jnp.exp(e)[:, None]
     return jax.nn.softplus(kappa * x) / kappa
 
 
+def _log_softmax_q(W, a):
+    """(V, T) model log-probabilities from the (k, T) activations."""
+    z = W[0][:, None] + W[1:].T @ a
+    z = z - jax.lax.stop_gradient(jnp.max(z, axis=0, keepdims=True))
+    return z - jnp.log(jnp.sum(jnp.exp(z), axis=0))
+
+
 def _loss_terms(W, tau, e, s, mask, u, p, activation, eps):
-    a = _acts(u, tau, e, s, activation, eps) * mask
-    z = W[0] + a @ W[1:]
-    return kl(p, jax.nn.log_softmax(z, axis=-1))
+    """(T,) pointwise KL(p(t) || q(t)) for the (T, V) target p."""
+    a = _acts(u, tau, e, s, activation, eps) * mask[:, None]
+    pT = p.T
+    positive = pT > 0  # as in jaxfeat.kl: 0 log 0 = 0, and log p is never evaluated at 0
+    log_p = jnp.log(jnp.where(positive, pT, 1.0))
+    return jnp.sum(jnp.where(positive, pT * (log_p - _log_softmax_q(W, a)), 0.0), axis=0)
 
 
 def _mean_loss(W, tau, e, s, mask, u, p, activation, eps):
@@ -190,12 +206,12 @@ def _lm_step(m: _Member, u, p, cfg: _Settings, eps) -> _Member:
     act = cfg.activation
 
     def acts_of(tau, e):
-        return _acts(u, tau, e, m.s, act, eps) * m.mask
+        return _acts(u, tau, e, m.s, act, eps) * m.mask[:, None]
 
     a = acts_of(m.tau, m.e)
-    X = jnp.concatenate([jnp.ones((T, 1), a.dtype), a], axis=1)
-    logq = jax.nn.log_softmax(X @ m.W, axis=-1)
-    q = jnp.exp(logq)
+    q = jnp.exp(_log_softmax_q(m.W, a)).T
+    # The GGN contractions below measured fastest with the grid as the major axis.
+    X = jnp.concatenate([jnp.ones((T, 1), a.dtype), a.T], axis=1)
     r = (q - p) / T
     gW = X.T @ r
     # GGN block for W: sum_t (X_t X_t^T) kron (diag q_t - q_t q_t^T) / T.
@@ -213,7 +229,7 @@ def _lm_step(m: _Member, u, p, cfg: _Settings, eps) -> _Member:
     D = [jax.jvp(lambda tt: acts_of(tt, m.e), (m.tau,), (tangent,))[1]]
     if act != "relu":
         D.append(jax.jvp(lambda ee: acts_of(m.tau, ee), (m.e,), (tangent,))[1])
-    D = jnp.concatenate(D, axis=1)  # (T, nE)
+    D = jnp.concatenate(D, axis=0).T  # (T, nE)
     L = jnp.concatenate([m.W[1:]] * (D.shape[1] // k), axis=0)  # (nE, V)
     gE = jnp.einsum("tj,jv,tv->j", D, L, r)
     Gl = q[:, None, :] * (L[None] - jnp.einsum("tv,jv->tj", q, L)[:, :, None])
@@ -281,39 +297,74 @@ def _reset_progress(m: _Member) -> _Member:
     )
 
 
-def _run_phases(members: _Member, step_fn, reseed_fn, cfg: _Settings) -> _Member:
-    """Runs every member through its LM phases in one loop, each at its own pace.
+def _run_queue(members: _Member, step_fn, reseed_fn, p, lanes: int, restarts: int,
+               cfg: _Settings) -> _Member:
+    """Runs the (n,) initial ``members`` (member i = restart i % R of target i // R) through
+    ``lanes`` vmapped slots of one loop; each member goes through its LM phases at its own pace.
 
     A member leaves a phase when it has converged or used the phase's step budget; entering
-    phase 2 re-seeds its dead features. The loop ends when every member is done (phase 4).
-    """
+    phase 2 re-seeds its dead features; after phase 3 it is done (phase 4), its slot stores it
+    and takes the next task. Members need from a few dozen to ``max_steps`` steps, so a slot per
+    member for the whole run would spend most steps on members already done.
 
-    def advance_phase(m, entered):
+    ``step_fn(members, p)`` and ``reseed_fn(members, p)`` act on (lanes,) batches; ``p`` holds
+    each target's probabilities. Returns the (n,) final members.
+    """
+    S = lanes
+    n_tasks = members.loss.shape[0]
+    target_of = lambda task: jnp.minimum(task, n_tasks - 1) // restarts
+
+    def advance_phase(m, entered, pp):
         nxt = jnp.where(
             m.converged | (m.steps - entered >= cfg.phase_steps(m.phase)), m.phase + 1, m.phase
         )
+        nxt = jnp.minimum(nxt, 4)
         moved = nxt != m.phase
         m2 = m._replace(phase=nxt)
-        m2 = jax.tree.map(
-            lambda a, b: jnp.where(_bcast(moved & (nxt == 2), a), a, b), reseed_fn(m2), m2
+        enter2 = moved & (nxt == 2)
+        # Few steps have a member entering phase 2; the others skip re-seeding altogether (the
+        # predicate is loop-wide, so this is a real branch, not a select).
+        m2 = jax.lax.cond(
+            jnp.any(enter2),
+            lambda m2: _where(enter2, reseed_fn(m2, pp), m2),
+            lambda m2: m2,
+            m2,
         )
-        reset = _reset_progress(m2)
-        m2 = jax.tree.map(lambda a, b: jnp.where(_bcast(moved & (nxt < 4), a), a, b), reset, m2)
+        m2 = _where(moved & (nxt < 4), _reset_progress(m2), m2)
         return m2, jnp.where(moved, m.steps, entered)
 
     def cond(c):
         return jnp.any(c[0].phase < 4)
 
     def body(c):
-        ms, entered = c
-        new = step_fn(ms)
+        ms, entered, task, next_task, results = c
+        pp = p[target_of(task)]
         active = ms.phase < 4
-        new = jax.tree.map(lambda a, b: jnp.where(_bcast(active, a), a, b), new, ms)
-        return advance_phase(new, entered)
+        ms = _where(active, step_fn(ms, pp), ms)
+        ms, entered = advance_phase(ms, entered, pp)
+        finished = active & (ms.phase == 4)
+        # Finished members are written to their task's row; index n_tasks drops the write.
+        row = jnp.where(finished, task, n_tasks)
+        results = jax.tree.map(lambda r, x: r.at[row].set(x, mode="drop"), results, ms)
+        new_task = next_task + jnp.cumsum(finished) - 1
+        take = finished & (new_task < n_tasks)
+        task = jnp.where(finished, jnp.where(take, new_task, n_tasks), task)
+        fresh = jax.tree.map(lambda r: r[jnp.minimum(task, n_tasks - 1)], results)
+        ms = _where(take, fresh, ms)
+        entered = jnp.where(take, 0, entered)
+        return ms, entered, task, jnp.minimum(next_task + jnp.sum(finished), n_tasks), results
 
-    entered = jnp.zeros_like(members.steps)
-    members, entered = advance_phase(members, entered)
-    return jax.lax.while_loop(cond, body, (members, entered))[0]
+    # ``results`` starts as the queue of initial members; a slot reads its member from its row
+    # and writes it back when done.
+    task = jnp.arange(S)
+    state = (jax.tree.map(lambda r: r[:S], members), jnp.zeros(S, jnp.int32), task,
+             jnp.asarray(S), members)
+    return jax.lax.while_loop(cond, body, state)[-1]
+
+
+def _where(flag, a, b):
+    """Per-member select between two batched pytrees."""
+    return jax.tree.map(lambda x, y: jnp.where(_bcast(flag, x), x, y), a, b)
 
 
 def _bcast(flag, x):
@@ -483,7 +534,7 @@ def _init_member(key, r, k_used, k_max: int, n_restarts: int, u, p, activation: 
         e = jnp.zeros(k_max, dtype)
     # Least squares on clipped log-probabilities: a cheap start for the convex (c, l) solve.
     eps = 1.0 / (u.shape[0] - 1)
-    a = _acts(u, tau, e, s, activation, eps) * mask
+    a = _acts(u, tau, e, s, activation, eps).T * mask
     X = jnp.concatenate([jnp.ones((u.shape[0], 1), dtype), a], axis=1)
     z = jnp.log(jnp.maximum(p, 1e-30))
     z = jnp.maximum(z, jnp.max(z, axis=1, keepdims=True) - 20.0)
@@ -513,15 +564,17 @@ def _init_member(key, r, k_used, k_max: int, n_restarts: int, u, p, activation: 
 
 def _reseed(m: _Member, u, p, activation, eps) -> _Member:
     """Moves features that contribute nothing to the grid points where the fit is worst."""
-    a = _acts(u, m.tau, m.e, m.s, activation, eps) * m.mask
+    a = _acts(u, m.tau, m.e, m.s, activation, eps) * m.mask[:, None]
     l = m.W[1:]
     spread = jnp.max(l, axis=1) - jnp.min(l, axis=1)
-    contrib = jnp.max(jnp.abs(a), axis=0) * spread
+    contrib = jnp.max(jnp.abs(a), axis=1) * spread
     dead = (contrib < 1e-3 * jnp.max(contrib) + 1e-12) & (m.mask > 0)
     per_point = _loss_terms(m.W, m.tau, m.e, m.s, m.mask, u, p, activation, eps)
-    order = jnp.argsort(-per_point)
+    # The i-th dead feature goes to the i-th worst grid point (top_k: far cheaper than a sort).
+    n_top = min(m.tau.shape[0], u.shape[0])
+    worst = jax.lax.top_k(per_point, n_top)[1]
     slot = jnp.cumsum(dead) - 1
-    new_tau = u[order[jnp.clip(slot, 0, u.shape[0] - 1)]]
+    new_tau = u[worst[jnp.clip(slot, 0, n_top - 1)]]
     lo, hi = _bounds(u, m.s)
     tau = jnp.where(dead, jnp.clip(new_tau, lo, hi), m.tau)
     W = m.W.at[1:].set(jnp.where(dead[:, None], 0.0, l))
@@ -532,14 +585,38 @@ def _reseed(m: _Member, u, p, activation, eps) -> _Member:
 # The compiled kernel
 
 
+# On CPU a step is bound by memory traffic: its intermediates are (lanes, T, (k + 1) V) arrays.
+# Lanes whose intermediates fit in cache make a step ~2.5x faster per member than one vmap over
+# the whole batch (benchmarks/throughput.py). Accelerators want as many lanes as there are
+# members, up to a cap on memory.
+CPU_LANE_BYTES = 2**21
+ACCELERATOR_LANES = 2**16
+
+
+def _lanes(n_members: int, T: int, V: int, k_max: int, itemsize: int, platform: str) -> int:
+    """Work-queue slots of the Gauss-Newton loop on one device."""
+    if platform != "cpu":
+        return max(1, min(n_members, ACCELERATOR_LANES))
+    per_member = T * (k_max + 1) * V * itemsize
+    return int(np.clip(CPU_LANE_BYTES // per_member, 1, max(n_members, 1)))
+
+
 @functools.partial(
     jax.jit,
-    static_argnames=("k_max", "restarts", "activation", "max_steps", "optimizer", "use_lm"),
+    static_argnames=(
+        "k_max", "restarts", "activation", "max_steps", "optimizer", "use_lm", "lanes", "devices"
+    ),
 )
 def _fit_kernel(
-    u, p, k_used, keys, init_knots, *, k_max, restarts, activation, max_steps, optimizer, use_lm
+    u, p, k_used, keys, init_knots, *, k_max, restarts, activation, max_steps, optimizer, use_lm,
+    lanes, devices=1,
 ):
-    """u (T,), p (B, T, V), k_used (B,), keys (B,), init_knots (B, k_max) or None."""
+    """u (T,), p (B, T, V), k_used (B,), keys (B,), init_knots (B, k_max) (NaN where free).
+
+    Damped Gauss-Newton runs the B * restarts members through ``lanes`` vmapped slots of a work
+    queue (:func:`_run_queue`); a first-order optimiser runs them all at once. With ``devices`` > 1
+    the target axis (B a multiple of ``devices``) is split over the first ``devices`` devices.
+    """
     dtype = p.dtype
     f32 = dtype == jnp.float32
     cfg = _Settings(
@@ -559,18 +636,29 @@ def _fit_kernel(
             ks, jnp.arange(R)
         )
 
-    if init_knots is None:
-        members = jax.vmap(lambda key, k_u, pp: init_target(key, k_u, pp, None))(keys, k_used, p)
-    else:
-        members = jax.vmap(init_target)(keys, k_used, p, init_knots)
+    def local(p, k_used, keys, knots):
+        B = p.shape[0]
+        if not use_lm:
+            members = jax.vmap(init_target)(keys, k_used, p, knots)
+            return _optax_run(_reset_progress(members), u, p, cfg, optimizer, max_steps, eps)
+        members = jax.tree.map(
+            lambda x: x.reshape((B * R, *x.shape[2:])),
+            jax.vmap(init_target)(keys, k_used, p, knots),
+        )
+        step = jax.vmap(lambda m, pp: _lm_step(m, u, pp, cfg, eps))
+        reseed = jax.vmap(lambda m, pp: _reseed(m, u, pp, activation, eps))
+        out = _run_queue(members, step, reseed, p, min(lanes, B * R), R, cfg)
+        return jax.tree.map(lambda x: x.reshape((B, R, *x.shape[1:])), out)
 
-    if use_lm:
-        step = _vm(lambda m, pp: _lm_step(m, u, pp, cfg, eps))
-        reseed = _vm(lambda m, pp: _reseed(m, u, pp, activation, eps))
-        members = _run_phases(members, lambda ms: step(ms, p), lambda ms: reseed(ms, p), cfg)
-    else:
-        members = _optax_run(_reset_progress(members), u, p, cfg, optimizer, max_steps, eps)
-    return members
+    if devices == 1:
+        return local(p, k_used, keys, init_knots)
+    # Targets are independent: each device runs its share with no communication (so there is
+    # nothing for shard_map's replication checks to verify).
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:devices]), ("batch",))
+    spec = jax.sharding.PartitionSpec("batch")
+    return jax.shard_map(local, mesh=mesh, in_specs=spec, out_specs=spec, check_vma=False)(
+        p, k_used, keys, init_knots
+    )
 
 
 def _to_features(m: _Member, t0, span, activation) -> Features:
@@ -706,7 +794,7 @@ def fit_batch(
         keys = key
     else:
         keys = jax.random.split(_key(key), B)
-    knots = None
+    knots = jnp.full((B, k_max), jnp.nan, p.dtype)
     if init_knots is not None:
         if np.shape(init_knots) != (B, k_max):
             raise ValueError(
@@ -717,47 +805,34 @@ def fit_batch(
     use_lm = optimizer is None and n_params <= LM_MAX_PARAMS
     if optimizer is None and not use_lm:
         optimizer = optax.lbfgs()
-    p_s, ks_s, keys_s, knots_s = _shard_batch(p, ks, keys, knots)
+    devices = 1 if _validate.is_traced(p, ks, keys, knots) else jax.device_count()
+    args = _pad_batch((p, ks, keys, knots), devices)
+    lanes = _lanes(
+        args[0].shape[0] // devices * restarts, p.shape[1], p.shape[2], k_max, p.dtype.itemsize,
+        jax.default_backend(),
+    )
     members = _fit_kernel(
         u,
-        p_s,
-        ks_s,
-        keys_s,
-        knots_s,
+        *args,
         k_max=k_max,
         restarts=restarts,
         activation=activation,
         max_steps=max_steps,
         optimizer=optimizer,
         use_lm=use_lm,
+        lanes=lanes,
+        devices=devices,
     )
     members = jax.tree.map(lambda x: x[:B], members)
     return _select(members, t, p, activation)
 
 
-def _shard_batch(*arrays):
-    """Splits the target axis over every device (padding B to a multiple of the device count).
-
-    Targets are independent, so XLA partitions the whole kernel along this axis with no
-    communication; on one device this is a no-op.
-    """
-    devices = jax.devices()
-    if len(devices) == 1 or _validate.is_traced(*arrays):
+def _pad_batch(arrays, devices: int):
+    """Pads the target axis to a multiple of the device count by repeating the last target."""
+    pad = -arrays[0].shape[0] % devices
+    if not pad:
         return arrays
-    n = len(devices)
-    B = arrays[0].shape[0]
-    pad = -B % n
-    mesh = jax.sharding.Mesh(np.array(devices), ("batch",))
-    spec = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("batch"))
-    out = []
-    for a in arrays:
-        if a is None:
-            out.append(None)
-            continue
-        if pad:
-            a = jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)], axis=0)
-        out.append(jax.device_put(a, spec))
-    return out
+    return tuple(jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)]) for a in arrays)
 
 
 def fit(

@@ -107,6 +107,28 @@ def test_masked_slots_are_inert():
     assert int(batch.k[0]) == 2
 
 
+def test_work_queue_result_does_not_depend_on_the_lane_count():
+    # Members (targets x restarts) pass through a work queue of vmapped lanes, each taking the
+    # next member when its own finishes; a member's fit must not depend on how many lanes there
+    # are or which lane runs it. One lane runs every member alone, in order.
+    tgt = targets.oscillating(1, n=N)
+    probs = jnp.stack([tgt.probs] + [targets.random_smooth(s, 2, 3, n=N).probs for s in (1, 2)])
+    u = (tgt.t - tgt.t[0]) / (tgt.t[-1] - tgt.t[0])
+    keys = jax.random.split(jax.random.key(0), 3)
+    ks = jnp.array([2, 3, 4])
+    knots = jnp.full((3, SMALL["k_max"]), jnp.nan)
+    kernel = jaxfeat._fit._fit_kernel
+    kw = dict(activation="relu", max_steps=200, optimizer=None, use_lm=True, **SMALL)
+    runs = {n: kernel(u, probs, ks, keys, knots, lanes=n, **kw) for n in (1, 5, 12)}
+    one = runs[1]
+    assert np.all(np.asarray(one.phase) == 4)  # every member ran to the end
+    assert len(set(np.asarray(one.steps).ravel())) > 1  # members finish at different times
+    for n in (5, 12):
+        np.testing.assert_allclose(runs[n].loss, one.loss, rtol=1e-3)
+        assert np.mean(np.asarray(runs[n].steps) == np.asarray(one.steps)) >= 0.9
+        np.testing.assert_array_equal(runs[n].mask, one.mask)
+
+
 def test_same_key_same_result_and_other_key_runs():
     tgt = targets.oscillating(1, n=N)
     a = jaxfeat.fit(tgt, 3, key=11, **SMALL)
