@@ -127,16 +127,16 @@ def plot_batch(res: dict, path: Path) -> None:
                  "value_and_grad": "value and gradient",
                  "cholesky_factor_and_solve": "Cholesky factor + solve",
                  "optax_lbfgs_step": "optax L-BFGS step (incl. line search)"}
-        times = brk["times_s"]
+        times = brk["seconds_per_member"]
         keys = [k for k in names if k in times]
-        vals = [1e3 * times[k] for k in keys]
+        vals = [1e6 * times[k] for k in keys]
         ax.barh(range(len(keys)), vals, color=["C0", "C0", "C7", "C7", "C7", "C2"][:len(keys)])
         ax.set_yticks(range(len(keys)), [names[k] for k in keys], fontsize=8)
         ax.invert_yaxis()
-        ax.set_xlabel("warm time per batched call (ms)")
+        ax.set_xlabel("warm time per member (microseconds)")
         frac = brk["lm_step_fractions"]
         ax.set_title(
-            f"one step on {brk['description'].split(',')[0]}\nGauss-Newton step: "
+            f"one step, {brk['lanes']} members at once (k=8, V=3, T=256)\nGauss-Newton step: "
             f"{100 * frac['gradient_and_ggn_assembly']:.0f}% gradient + GGN assembly, "
             f"{100 * frac['model_evaluation']:.0f}% model,\n"
             f"{100 * frac['cholesky_factor_and_solve']:.0f}% Cholesky solve", fontsize=10)

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _validate
-from ._fit import FitResult, _trim, fit_batch
+from ._fit import FitResult, fit_batch
 from ._target import Target
 
 METRICS = ("mean_kl", "max_kl")
@@ -619,8 +619,7 @@ def required_features_batch(
             if hits:
                 k, r = min(hits)
                 found[i] = k
-                one = jax.tree.map(lambda a, r=r: a[r], res)
-                fits[i] = dataclasses.replace(one, params=_trim(one.params, k))
+                fits[i] = res.take(r, k)
             next_k[i] += _KS_PER_ROUND
 
     return [

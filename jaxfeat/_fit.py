@@ -86,6 +86,27 @@ class FitResult:
     k: jax.Array
     activation: str = "relu"
 
+    def take(self, i: int, k: int | None = None) -> FitResult:
+        """The i-th fit of a batched result (from :func:`fit_batch`), trimmed to its k features.
+
+        Args:
+          i: index into the batch.
+          k: its number of features; default ``self.k[i]`` (pass it where that is traced).
+
+        Returns:
+          :class:`FitResult` without the batch axis, ``params`` holding exactly k features.
+
+        Example:
+          >>> import jaxfeat
+          >>> tgt = jaxfeat.targets.temperature(nonmonotone=True)
+          >>> res = jaxfeat.fit_batch(tgt.t, tgt.probs[None].repeat(2, 0), [1, 2], restarts=4)
+          >>> res.take(0).params.l.shape, res.take(1).params.l.shape
+          ((1, 3), (2, 3))
+        """
+        one = jax.tree.map(lambda x: x[i], self)
+        k = int(one.k) if k is None else k
+        return dataclasses.replace(one, params=_trim(one.params, k))
+
 
 # ---------------------------------------------------------------------------------------------
 # Internal parametrisation
@@ -931,11 +952,7 @@ def fit_ks(target: Target, ks: Sequence[int], **kwargs: Any) -> list[FitResult]:
     B = len(ks)
     probs = jnp.broadcast_to(target.probs, (B, *target.probs.shape))
     res = fit_batch(target.t, probs, np.asarray(ks), **kwargs)
-    out = []
-    for i, k in enumerate(ks):
-        r = jax.tree.map(lambda x, i=i: x[i], res)
-        out.append(dataclasses.replace(r, params=_trim(r.params, k)))
-    return out
+    return [res.take(i, k) for i, k in enumerate(ks)]
 
 
 def _trim(params: Features, k: int) -> Features:
