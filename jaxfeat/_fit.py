@@ -137,6 +137,7 @@ class _Settings(NamedTuple):
     atol: float
     window: int
     convex_steps: int
+    lapack: bool = True  # Cholesky through LAPACK; False: plain jnp ops (see _spd_solve)
 
     def phase_steps(self, phase):
         """Step budget of each LM phase: short convex solves around two joint stretches."""
@@ -272,8 +273,10 @@ def _lm_step(m: _Member, u, p, cfg: _Settings, eps) -> _Member:
     H = jnp.where(frozen[:, None] | frozen[None, :], 0.0, H)
     H = H + jnp.diag(jnp.where(frozen, 1.0, damp))
     g = jnp.where(frozen, 0.0, g)
-    chol = jax.scipy.linalg.cho_factor(H, lower=True)
-    delta = jax.scipy.linalg.cho_solve(chol, g)
+    if cfg.lapack:
+        delta = jax.scipy.linalg.cho_solve(jax.scipy.linalg.cho_factor(H, lower=True), g)
+    else:
+        delta = _spd_solve(H, g)
     W = m.W - delta[: K1 * V].reshape(K1, V)
     dE = delta[K1 * V :]
     tau, e = m.tau - dE[:k], m.e
@@ -287,6 +290,34 @@ def _lm_step(m: _Member, u, p, cfg: _Settings, eps) -> _Member:
     return _advance(
         m, pick(W, m.W), pick(tau, m.tau), pick(e, m.e), pick(new_loss, m.loss), lam, cfg
     )
+
+
+def _spd_solve(H, g):
+    """Solves H x = g for symmetric positive-definite (n, n) H and (n,) or (n, m) g, by Cholesky
+    in plain jnp ops.
+
+    About 4x slower than LAPACK's, but with several host devices XLA's CPU runtime can stall in
+    concurrent LAPACK calls (seen with ``--xla_force_host_platform_device_count``), so sharded
+    CPU runs use this. A non-positive pivot gives NaN, and the step is rejected.
+    """
+    n = H.shape[-1]
+    idx = jnp.arange(n)
+
+    def factor(j, c):
+        A, L = c
+        col = jnp.where(idx >= j, A[:, j] / jnp.sqrt(A[j, j]), 0.0)
+        return A - col[:, None] * col[None, :], L.at[:, j].set(col)
+
+    _, L = jax.lax.fori_loop(0, n, factor, (H, jnp.zeros_like(H)), unroll=True)
+    y = jax.lax.fori_loop(
+        0, n, lambda j, y: y.at[j].set((g[j] - L[j] @ y) / L[j, j]), jnp.zeros_like(g), unroll=True
+    )
+
+    def back(i, x):
+        j = n - 1 - i
+        return x.at[j].set((y[j] - L[:, j] @ x) / L[j, j])
+
+    return jax.lax.fori_loop(0, n, back, jnp.zeros_like(g), unroll=True)
 
 
 def _advance(m: _Member, W, tau, e, loss, lam, cfg: _Settings) -> _Member:
@@ -561,9 +592,8 @@ def _init_member(key, r, k_used, k_max: int, n_restarts: int, u, p, activation: 
     z = jnp.maximum(z, jnp.max(z, axis=1, keepdims=True) - 20.0)
     z = z - z.mean(axis=1, keepdims=True)
     A = X.T @ X
-    W = jnp.linalg.solve(
-        A + 1e-6 * jnp.trace(A) / (k_max + 1) * jnp.eye(k_max + 1, dtype=dtype), X.T @ z
-    )
+    # A small ridge system: plain jnp ops keep LAPACK out of sharded CPU runs (see _spd_solve).
+    W = _spd_solve(A + 1e-6 * jnp.trace(A) / (k_max + 1) * jnp.eye(k_max + 1, dtype=dtype), X.T @ z)
     W = W * jnp.concatenate([jnp.ones(1, dtype), mask])[:, None]
     loss = _mean_loss(W, tau, e, s, mask, u, p, activation, eps)
     return _Member(
@@ -647,6 +677,7 @@ def _fit_kernel(
         atol=1e-9 if f32 else 1e-15,
         window=5,
         convex_steps=12,
+        lapack=devices == 1 or jax.default_backend() != "cpu",
     )
     eps = jnp.asarray(1.0 / (u.shape[0] - 1), dtype)
     R = restarts

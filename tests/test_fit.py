@@ -209,12 +209,15 @@ def test_fit_result_is_a_pytree():
 
 
 def test_batch_is_sharded_over_several_cpu_devices():
+    # Different targets per device, so the devices' loops run for different numbers of steps.
     code = textwrap.dedent(
-        """
+        f"""
         import jax, numpy as np, jaxfeat
+        from jaxfeat import targets
         assert len(jax.devices()) == 4
-        tgt = jaxfeat.targets.oscillating(1, n=40)
-        probs = np.stack([tgt.probs] * 2)
+        tgt = targets.oscillating(1, n={N})
+        probs = np.stack([tgt.probs] + [targets.random_smooth(s, 2, 3, n={N}).probs
+                                        for s in range(4)])
         res = jaxfeat.fit_batch(tgt.t, probs, 2, restarts=4, k_max=4)
         print(np.asarray(res.mean_kl).tolist())
         """
@@ -228,6 +231,18 @@ def test_batch_is_sharded_over_several_cpu_devices():
     assert out.returncode == 0, out.stderr[-2000:]
     sharded = np.array(eval(out.stdout.strip().splitlines()[-1]))
     tgt = targets.oscillating(1, n=N)
-    single = jaxfeat.fit_batch(tgt.t, np.stack([tgt.probs] * 2), 2, **SMALL)
-    assert sharded.shape == (2,)
+    probs = np.stack([tgt.probs] + [targets.random_smooth(s, 2, 3, n=N).probs for s in range(4)])
+    single = jaxfeat.fit_batch(tgt.t, probs, 2, **SMALL)
+    assert sharded.shape == (5,)  # 5 targets padded to 8 over 4 devices, then trimmed
     np.testing.assert_allclose(sharded, single.mean_kl, rtol=1e-3, atol=1e-7)
+
+
+def test_portable_cholesky_matches_lapack():
+    # Sharded CPU runs solve the Gauss-Newton systems without LAPACK; the two must agree.
+    A = jax.random.normal(jax.random.key(0), (6, 35, 35))
+    H = A @ jnp.swapaxes(A, 1, 2) + 0.1 * jnp.eye(35)
+    g = jax.random.normal(jax.random.key(1), (6, 35, 3))
+    x = jax.vmap(jaxfeat._fit._spd_solve)(H, g)
+    np.testing.assert_allclose(H @ x, g, rtol=1e-3, atol=1e-3)
+    lapack = jax.scipy.linalg.cho_solve(jax.scipy.linalg.cho_factor(H, lower=True), g)
+    np.testing.assert_allclose(x, lapack, rtol=1e-3, atol=1e-4)
