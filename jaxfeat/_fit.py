@@ -337,7 +337,7 @@ def _advance(m: _Member, W, tau, e, loss, lam, cfg: _Settings) -> _Member:
         converged=converged,
         steps=m.steps + 1,
     )
-    return jax.tree.map(lambda o, n: jnp.where(m.converged, o, n), m, new)
+    return _where(m.converged, m, new)
 
 
 def _reset_progress(m: _Member) -> _Member:
@@ -476,7 +476,7 @@ def _optax_run(members: _Member, u, p, cfg: _Settings, opt, n_steps: int, eps) -
                 m.lam,
                 cfg,
             )
-            s2 = jax.tree.map(lambda o, n: jnp.where(m.converged, o, n), s, s2)
+            s2 = _where(m.converged, s, s2)
             return new, s2
 
         return _vm(upd)(ms, st, p)
@@ -490,7 +490,7 @@ def _optax_run(members: _Member, u, p, cfg: _Settings, opt, n_steps: int, eps) -
     def body(c):
         new = step(c)
         done = c[0].steps - start >= n_steps
-        return jax.tree.map(lambda o, n: jnp.where(_bcast(done, o), o, n), c, new)
+        return _where(done, c, new)
 
     return jax.lax.while_loop(cond, body, (members, states))[0]
 
@@ -690,13 +690,10 @@ def _fit_kernel(
 
     def local(p, k_used, keys, knots):
         B = p.shape[0]
+        members = jax.vmap(init_target)(keys, k_used, p, knots)
         if not use_lm:
-            members = jax.vmap(init_target)(keys, k_used, p, knots)
             return _optax_run(_reset_progress(members), u, p, cfg, optimizer, max_steps, eps)
-        members = jax.tree.map(
-            lambda x: x.reshape((B * R, *x.shape[2:])),
-            jax.vmap(init_target)(keys, k_used, p, knots),
-        )
+        members = jax.tree.map(lambda x: x.reshape((B * R, *x.shape[2:])), members)
         step = jax.vmap(lambda m, pp: _lm_step(m, u, pp, cfg, eps))
         reseed = jax.vmap(lambda m, pp: _reseed(m, u, pp, activation, eps))
         out = _run_queue(members, step, reseed, p, min(lanes, B * R), R, cfg)
@@ -955,9 +952,7 @@ def fit(
         k_max=k_max,
         init_knots=knots,
     )
-    res = jax.tree.map(lambda x: x[0], res)
-    params = _trim(res.params, k)
-    return dataclasses.replace(res, params=params)
+    return res.take(0, k)
 
 
 def _key(key: int | jax.Array) -> jax.Array:
