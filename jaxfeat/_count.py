@@ -1,450 +1,33 @@
-"""How many features a curve needs: certified lower bounds, fitted counts and the smooth-curve law.
+"""How many features a curve needs: the fitted count with its certified floor, and two estimates.
 
-A model with k ReLU or JumpReLU features of an affine latent has logits that are affine in t on at
-most k + 1 contiguous blocks of grid points, so the best such block-wise affine fit, found exactly
-by dynamic programming over partitions, bounds the mean KL of every k-feature model from below
-(:func:`segmentation_lower_bound`). :func:`required_features` starts its fits where that bound stops
-ruling k out; :func:`predicted_features` is the approximation-theory estimate for smooth curves.
-
-Each block's cost is a convex softmax regression with soft labels. It is solved by Newton's method
-in float64 and certified from below by a dual feasible point (entropy of distributions whose
-moments match the target's), so the bound stays a bound, up to floating-point rounding, whatever
-the solver's accuracy.
+:func:`required_features` brackets the count between the certified segmentation bound
+(:func:`jaxfeat.bounds.segmentation_lower_bound`) and the smallest k whose fit reaches the
+tolerance; :func:`predicted_features` is the approximation-theory estimate for smooth curves, and
+:func:`affine_rank` the count for unconstrained encoders.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-import time
 from collections.abc import Sequence
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm.auto import tqdm
 
 from . import _validate
 from ._fit import FitResult, fit_batch
+from ._hinge import SolverSettings
 from ._target import Target
+from .bounds import segmentation_lower_bound
 
 METRICS = ("mean_kl", "max_kl")
-
-# By default the work is capped at about that of a grid of this many points and 3 tokens: block
-# costs take O(T^3 V^2) work, so longer grids or larger vocabularies are split into interleaved
-# sub-grids, whose summed bounds are still valid (and only slightly weaker).
-AUTO_SUBGRID = 512
-
-# Per grid point of a block, in nats: covers float64 rounding in the certificate (sums of at most a
-# few thousand terms of size <= ~100, each exact to ~1e-16 relative) with a wide margin.
-_ROUNDING = 1e-12
-
-_MAX_NEWTON = 50
-# Newton stops when the squared decrement (twice the predicted decrease) is below this per point
-# of the block: the certificate then loses about that much, far below any useful tolerance.
-_NEWTON_TOL = 1e-12
-# Points x max(V, 8) per compiled chunk of blocks: bounds memory (and the work a chunk's slowest
-# block imposes on the rest), not results.
-_CHUNK_SIZE = 1 << 18
 
 # Feature counts fitted per target in one round of required_features, and the feature-slot sizes
 # (powers of two from 8): fixed shapes so that every round reuses one compiled fit kernel.
 _KS_PER_ROUND = 4
 _MIN_SLOTS = 8
-
-
-# ---------------------------------------------------------------------------------------------
-# Block costs: softmax regression with soft labels on [1, t], certified from below
-
-
-def _x64():
-    ctx = getattr(jax, "enable_x64", None)
-    if ctx is not None:
-        return ctx(True)
-    from jax.experimental import enable_x64  # older JAX
-
-    return enable_x64()
-
-
-@functools.partial(jax.jit, static_argnames=("max_iter",))
-def _block_kernel(x, p, mask, theta_init, warm, max_iter: int):
-    """Damped Newton for n padded blocks, certified from below by a dual feasible point.
-
-    Args:
-      x: (n, P) latent rescaled to [-1, 1] within each block.
-      p: (n, V, P) target probabilities (rows summing to 1); the grid axis is last so that every
-        per-point operation runs over contiguous memory.
-      mask: (n, P) which of the P slots hold the block's points.
-      theta_init: (n, 2, V) starting (alpha, beta) in the block's own coordinates, used where
-        ``warm`` is set (else least squares on log-probabilities).
-      warm: (n,) bool.
-      max_iter: Newton step limit.
-
-    Returns:
-      ``(primal, dual, theta, iters)``: the objective at the solver's point, the certified lower
-      bound (0 if the certificate failed), the final (alpha, beta), and the number of iterations.
-    """
-    n, V, _ = p.shape
-    dtype = p.dtype
-    m = mask.astype(dtype)[:, None, :]  # (n, 1, P)
-    p = p * m
-    x = x[:, None, :] * m
-    # A token present at only the first (or only the last) point of a block has its optimum at
-    # infinity: its logit slope runs off so that it matches p there and vanishes elsewhere. The
-    # limit is the same problem without that token, the end point weighted by the mass left, so
-    # solve that one (finite, and exactly certifiable) instead.
-    pos = p > 0
-    count = jnp.sum(pos, axis=-1)
-    at = jnp.argmax(pos, axis=-1)
-    last = jnp.sum(mask, axis=-1)[:, None] - 1
-    p = jnp.where(((count == 1) & ((at == 0) | (at == last)))[..., None], 0.0, p)
-    pos = p > 0
-    omega = jnp.sum(p, axis=1, keepdims=True)  # (n, 1, P) point weights, 1 but at block ends
-    pn = p / jnp.where(omega > 0, omega, 1.0)  # rows back on the simplex
-    w = jnp.concatenate([omega, omega * x, omega * x * x], axis=1)  # weights for 1, x, x^2
-    plogp = jnp.sum(jnp.where(pos, p * jnp.log(jnp.where(pos, pn, 1.0)), 0.0), axis=(-2, -1))
-    px = jnp.stack([jnp.sum(p, axis=-1), jnp.sum(p * x, axis=-1)], axis=1)  # (n, 2, V)
-    npts = jnp.sum(omega, axis=(-2, -1))
-    # Tokens absent from the whole block get logit -inf: the infimum sends them there anyway, and
-    # fixing them keeps the certificate exact (their dual entries are exactly 0).
-    present = jnp.any(pos, axis=-1)  # (n, V)
-    pres = present.astype(dtype)
-
-    def logits(theta):
-        return theta[:, 0, :, None] + x * theta[:, 1, :, None]  # (n, V, P)
-
-    # Cold start: least squares on clipped, centred log-probabilities.
-    z0 = jnp.log(jnp.maximum(p, 1e-30))
-    z0 = jnp.maximum(z0, jnp.max(z0, axis=1, keepdims=True) - 30.0)
-    z0 = (z0 - jnp.mean(z0, axis=1, keepdims=True)) * m
-    s0, s1, s2 = (jnp.sum(m * x**k, axis=-1) for k in range(3))
-    b0, b1 = jnp.sum(z0, axis=-1), jnp.sum(z0 * x, axis=-1)  # (n, V)
-    det = s0 * s2 - s1 * s1 + 1e-12
-    theta0 = jnp.stack([(s2 * b0 - s1 * b1) / det, (s0 * b1 - s1 * b0) / det], axis=1)
-    theta0 = jnp.where(warm[:, None, None] & jnp.isfinite(theta_init), theta_init, theta0)
-
-    # Softmax is unchanged by adding a constant to every present token's alpha (or beta): the
-    # Hessian is singular along those two directions, and the gradient is orthogonal to them.
-    # Adding a projector onto them makes the system definite without changing the Newton step.
-    u = pres / jnp.sqrt(jnp.sum(pres, axis=-1, keepdims=True))
-    gauge = jnp.eye(2, dtype=dtype)[None, :, None, :, None] * (
-        u[:, None, :, None, None] * u[:, None, None, None, :])
-    gauge = gauge.reshape(n, 2 * V, 2 * V) + jnp.eye(2 * V, dtype=dtype) * 1e-13
-    # Absent tokens' rows of the Hessian are zero; a unit diagonal there gives them a zero step.
-    gauge = gauge + jax.vmap(jnp.diag)(jnp.tile(1.0 - pres, (1, 2)))
-    eye_v = jnp.eye(V, dtype=dtype)
-    ab = np.array([[0, 1], [1, 2]])  # moment index of Hessian block (a, b): x^(a + b)
-
-    def newton(theta):
-        z = jnp.where(present[..., None], logits(theta), -jnp.inf)
-        zmax = jnp.max(z, axis=1, keepdims=True)
-        e = jnp.exp(z - zmax)
-        s = jnp.sum(e, axis=1, keepdims=True)
-        q = e / s
-        lse = (jnp.log(s) + zmax)[:, 0]
-        f = plogp + jnp.sum(omega[:, 0] * lse, axis=-1) - jnp.sum(px * theta, axis=(-2, -1))
-        M1 = jnp.sum(w[:, :, None, :] * q[:, None], axis=-1)  # (n, 3, V)
-        if V <= 8:  # fused elementwise products are fastest for a small vocabulary
-            M2 = jnp.sum(w[:, :, None, None, :] * (q[:, None, :, None] * q[:, None, None, :]), -1)
-        else:  # a batched matrix product, which never forms the (n, 3, V, V, P) products
-            M2 = jnp.einsum("nkvp,nwp->nkvw", w[:, :, None, :] * q[:, None], q)
-        g = (M1[:, :2] - px).reshape(n, 2 * V)
-        H = M1[:, ab][..., :, None] * eye_v - M2[:, ab]  # (n, 2, 2, V, V)
-        H = H.transpose(0, 1, 3, 2, 4).reshape(n, 2 * V, 2 * V)
-        scale = jnp.trace(H, axis1=-2, axis2=-1)[:, None, None] / (2 * V) + 1e-300
-        Hr = H + scale * gauge
-        # LU, not Cholesky: batched LU is many times faster on CPU for these sizes.
-        step = -jnp.linalg.solve(Hr, g[..., None])[..., 0]
-        dec = -jnp.sum(g * step, axis=-1)  # Newton decrement squared
-        return q, f, step.reshape(n, 2, V), dec
-
-    def cond(state):
-        return jnp.any(~state[4]) & (state[5] < max_iter)
-
-    def body(state):
-        theta, q, f, step, done, it = state
-        q_new, f_new, step_new, dec = newton(theta)
-        keep = lambda old, new: jnp.where(_bcast(done, old), old, new)
-        q, f, step = keep(q, q_new), keep(f, f_new), keep(step, step_new)
-        conv = ~jnp.isfinite(dec) | (dec <= _NEWTON_TOL * npts)
-        # Damped Newton: the third derivative of log-sum-exp along a logit change h is at most
-        # osc(h) times the second, which guarantees a decrease for the step log(1 + r) / r with
-        # r the largest oscillation of the logit step over the block; no line search needed.
-        dz = logits(step_new)
-        osc = (jnp.max(jnp.where(present[..., None], dz, -jnp.inf), axis=1)
-               - jnp.min(jnp.where(present[..., None], dz, jnp.inf), axis=1))
-        r = jnp.max(osc * m[:, 0], axis=-1)
-        eta = jnp.where(r > 1e-8, jnp.log1p(r) / jnp.maximum(r, 1e-8), 1.0)
-        move = ~done & ~conv
-        theta = jnp.where(move[:, None, None], theta + eta[:, None, None] * step_new, theta)
-        return theta, q, f, step, done | conv, it + 1
-
-    init = (theta0, jnp.zeros_like(p), jnp.zeros(n, dtype), jnp.zeros_like(theta0),
-            jnp.zeros(n, bool), jnp.asarray(0))
-    theta, q, f, step, _, iters = jax.lax.while_loop(cond, body, init)
-
-    # Dual certificate: for any q_t on the simplex with sum_t w_t (q_t - p_t) [1, t] = 0,
-    # min_theta f >= sum_t w_t (H(q_t) - H(p_t)). The softmax after a linearised Newton step,
-    # q + F (z-step), satisfies the constraint exactly (up to rounding).
-    dz = logits(step)
-    q1 = q * (1.0 + dz - jnp.sum(q * dz, axis=1, keepdims=True)) * (omega > 0)
-    # Far from convergence q1 can leave the simplex; mixing with the target keeps the constraint
-    # (it is linear and the target satisfies it) and restores q1 >= 0 at the least mixing.
-    neg = q1 < 0
-    need = jnp.where(neg, -q1 / jnp.where(neg, pn - q1, 1.0), 0.0)
-    s = jnp.clip(jnp.max(need, axis=(-2, -1)), 0.0, 1.0)[:, None, None]
-    q2 = jnp.maximum((1.0 - s) * q1 + s * pn, 0.0)
-    pos2 = q2 > 0
-    ent = -jnp.sum(omega * jnp.where(pos2, q2 * jnp.log(jnp.where(pos2, q2, 1.0)), 0.0),
-                   axis=(-2, -1))
-    dual = ent + plogp
-    dual = jnp.where(jnp.isfinite(dual), dual, 0.0)
-    return f, dual, theta, iters
-
-
-def _bcast(flag, x):
-    return flag.reshape(flag.shape + (1,) * (x.ndim - flag.ndim))
-
-
-def _pow2(n: int) -> int:
-    return 1 << max(int(n) - 1, 0).bit_length()
-
-
-def _block_costs(t: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Certified lower bounds and solver values for every block of contiguous grid points.
-
-    Args:
-      t: (T,) increasing grid.
-      p: (T, V) target distributions.
-
-    Returns:
-      ``(lower, primal)``, both (T, T): entry [i, j] is for block i..j (inclusive), ``inf`` for
-      i > j. ``lower`` <= true block minimum <= ``primal`` (blocks of 1 or 2 points are exactly 0).
-    """
-    t = np.asarray(t, np.float64)
-    p = np.asarray(p, np.float64)
-    # Rows must sum to 1 in float64: otherwise the objective drifts along the gauge direction
-    # (adding a constant to every logit) and is unbounded below.
-    p = p / p.sum(axis=1, keepdims=True)
-    T, V = p.shape
-    lower = np.full((T, T), np.inf)
-    primal = np.full((T, T), np.inf)
-    ii = np.arange(T)
-    for L in (1, 2):  # two distributions are interpolated exactly by alpha + beta t
-        lower[ii[: T - L + 1], ii[: T - L + 1] + L - 1] = 0.0
-        primal[ii[: T - L + 1], ii[: T - L + 1] + L - 1] = 0.0
-    if T < 3:
-        return lower, primal
-    # Blocks in order of length, so each can start from the solution for a shorter block with
-    # the same first point (a warm start: two or three Newton steps instead of six or seven).
-    lengths = np.concatenate([np.full(T - L + 1, L) for L in range(3, T + 1)])
-    starts = np.concatenate([np.arange(T - L + 1) for L in range(3, T + 1)])
-    # Blocks are padded to half or all of the grid (rounded up to a power of two, at least 32):
-    # two compiled shapes per grid size (compiling costs more than padding), one for short grids.
-    top = max(_pow2(T), 32)
-    levels = np.array([top // 2, top] if top > 64 else [top])
-    pads = levels[np.searchsorted(levels, lengths)]
-    last = np.full((T, 2, V), np.nan)  # latest solution per first point, as alpha_t + beta_t t
-    with _x64():
-        for P in levels:
-            sel = np.nonzero(pads == P)[0]
-            if sel.size == 0:
-                continue
-            # At least 256 blocks per chunk: short grids of similar length then share one shape.
-            n_chunk = max(1, _CHUNK_SIZE // (P * max(V, 8)))
-            n_chunk = min(n_chunk, max(_pow2(sel.size), 256))
-            for lo in range(0, sel.size, n_chunk):
-                part = sel[lo : lo + n_chunk]
-                i0, L = starts[part], lengths[part]
-                fill = n_chunk - part.size  # pad the last chunk with copies of its first block
-                i0 = np.concatenate([i0, np.full(fill, i0[0])])
-                L = np.concatenate([L, np.full(fill, L[0])])
-                idx = np.minimum(i0[:, None] + np.arange(P), T - 1)
-                mask = np.arange(P) < L[:, None]
-                j0 = i0 + L - 1
-                mid = (t[i0] + t[j0]) / 2
-                half = (t[j0] - t[i0]) / 2
-                x = np.where(mask, (t[idx] - mid[:, None]) / half[:, None], 0.0)
-                prev = last[i0]
-                init = np.stack([prev[:, 0] + prev[:, 1] * mid[:, None],
-                                 prev[:, 1] * half[:, None]], axis=1)
-                warm = np.isfinite(init).all(axis=(1, 2))
-                f, d, theta, _ = _block_kernel(
-                    jnp.asarray(x), jnp.asarray(p[idx].transpose(0, 2, 1)), jnp.asarray(mask),
-                    jnp.asarray(np.nan_to_num(init)), jnp.asarray(warm), max_iter=_MAX_NEWTON)
-                k = part.size
-                f, d, theta = np.asarray(f)[:k], np.asarray(d)[:k], np.asarray(theta)[:k]
-                beta_t = theta[:, 1] / half[:k, None]
-                sol = np.stack([theta[:, 0] - beta_t * mid[:k, None], beta_t], axis=1)
-                # Within a chunk blocks come in order of length: keep each start's longest.
-                _, first = np.unique(i0[:k][::-1], return_index=True)
-                pick = k - 1 - first
-                last[i0[pick]] = sol[pick]
-                a, b = i0[:k], j0[:k]
-                primal[a, b] = np.where(np.isfinite(f), np.maximum(f, 0.0), np.inf)
-                lower[a, b] = np.clip(d - _ROUNDING * L[:k], 0.0, primal[a, b])
-    return lower, primal
-
-
-def _partitions(C: np.ndarray, max_blocks: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact dynamic program over partitions of 0..T-1 into contiguous blocks.
-
-    Args:
-      C: (T, T) block costs, ``C[i, j]`` for block i..j, ``inf`` for i > j.
-      max_blocks: M, the largest number of blocks.
-
-    Returns:
-      ``(best, start)``, both (M, T): ``best[m - 1, j]`` is the least total cost of points 0..j in
-      exactly m blocks (``inf`` if m > j + 1) and ``start[m - 1, j]`` where its last block starts.
-    """
-    T = C.shape[0]
-    best = np.full((max_blocks, T), np.inf)
-    start = np.zeros((max_blocks, T), np.int64)
-    best[0] = C[0]
-    cols = np.arange(T)
-    for m in range(1, max_blocks):
-        # Row r: the last block starts at r + 1 after m blocks covering 0..r.
-        cand = best[m - 1, :-1, None] + C[1:, :]
-        r = np.argmin(cand, axis=0)
-        best[m] = cand[r, cols]
-        start[m] = r + 1
-    return best, start
-
-
-def _backtrack(start: np.ndarray, blocks: int) -> np.ndarray:
-    j = start.shape[1] - 1
-    out = []
-    for m in range(blocks, 1, -1):
-        i = int(start[m - 1, j])
-        out.append(i)
-        j = i - 1
-    return np.asarray(out[::-1], np.int64)
-
-
-# ---------------------------------------------------------------------------------------------
-# Public API
-
-
-@dataclasses.dataclass(frozen=True)
-class SegmentationBound:
-    """Result of :func:`segmentation_lower_bound`.
-
-    Attributes:
-      bounds: (k_max,) ``bounds[k - 1]`` is a certified lower bound on the mean KL (nats) of every
-        k-feature ReLU or JumpReLU model on this grid; non-increasing in k.
-      boundaries: ``boundaries[k - 1]`` is a (k,) array of the grid indices where blocks 2..k+1 of
-        an optimal partition into k + 1 blocks start (with fewer than k + 1 grid points, the
-        partition into single points, its last index repeated).
-      knots: ``knots[k - 1]`` is (k,) t-values of those breaks, midway between the last point of a
-        block and the first of the next; pass them to :func:`jaxfeat.fit` as ``init_knots``.
-      solver_tol: the most by which a block's computed cost may exceed its true minimum (nats,
-        summed over the block's points): the gap between the solver's value and the certified
-        value used instead, which already includes the rounding margin, so ``bounds`` need no
-        correction. Typically ~1e-10; larger only where exact zeros in the target put a
-        block's optimum at infinity in a way the solver does not reduce to a finite problem,
-        where the certificate is weaker (still valid).
-      seconds: wall-clock time of the computation.
-    """
-
-    bounds: np.ndarray
-    boundaries: tuple[np.ndarray, ...]
-    knots: tuple[np.ndarray, ...]
-    solver_tol: float
-    seconds: float
-
-
-def segmentation_lower_bound(
-    target: Target, k_max: int, activation: str = "relu", *, subgrid: int | None = None
-) -> SegmentationBound:
-    r"""Certified lower bounds on the mean KL of any k-feature model, for k = 1..k_max.
-
-    With ReLU or JumpReLU encoders of an affine latent, the logits of a k-feature model are affine
-    in t on at most k + 1 contiguous blocks of grid points, so
-
-    .. math::
-        \mathrm{LB}(k) = \frac{1}{T} \min_{\text{partitions into } k+1 \text{ blocks}}
-        \sum_{\text{blocks } B} \min_{\alpha, \beta \in \mathbb{R}^V}
-        \sum_{t \in B} \mathrm{KL}\big(p(t) \,\|\, \mathrm{softmax}(\alpha + \beta t)\big)
-
-    is at most the mean KL of every such model. ``LB(k) > tol`` certifies that k features cannot
-    reach ``tol``. Each block problem is solved by Newton's method in float64 and bounded from
-    below by a dual feasible point, so the bound holds up to floating-point rounding (a margin
-    for which is subtracted); the partition is an exact dynamic program. Cost: O(T^3 V^2) for the
-    blocks plus O(k_max T^2).
-
-    Args:
-      target: the curve, T grid points and V tokens.
-      k_max: largest number of features to bound (>= 1).
-      activation: ``"relu"`` or ``"jumprelu"`` (the bound is the same for both).
-      subgrid: for long grids: split the grid into m = ceil(T / subgrid) interleaved sub-grids
-        (every m-th point) of at most ``subgrid`` (>= 2) points, bound the KL sum on each and add
-        them up. Valid, slightly weaker, and m^2 times cheaper than the full grid. ``None``
-        picks the fewest sub-grids that keep the work near that of ``AUTO_SUBGRID`` points and
-        3 tokens (the full grid up to 512 points for V = 3).
-
-    Returns:
-      :class:`SegmentationBound`.
-
-    Raises:
-      ValueError: for ``k_max < 1``, an unknown activation, or ``"softplus"``, whose smooth
-        features are not piecewise affine and get no certificate.
-
-    Example:
-      >>> import jaxfeat
-      >>> sb = segmentation_lower_bound(jaxfeat.targets.temperature(nonmonotone=True, n=24), 3)
-      >>> sb.bounds.shape, bool(sb.bounds[0] > 1e-3), [b.tolist() for b in sb.boundaries[:2]]
-      ((3,), True, [[13], [11, 16]])
-    """
-    t0 = time.perf_counter()
-    if not isinstance(target, Target):
-        raise ValueError(f"target must be a jaxfeat.Target, got {type(target).__name__}.")
-    k_max = _validate.positive_int(k_max, "k_max")
-    _validate.activation(activation)
-    if activation == "softplus":
-        raise ValueError(
-            "activation='softplus' has no segmentation bound: softplus features are smooth, not "
-            "piecewise affine in t. Use 'relu' or 'jumprelu'."
-        )
-    t = np.asarray(target.t, np.float64)
-    p = np.asarray(target.probs, np.float64)
-    T = t.shape[0]
-    if subgrid is None:
-        work = lambda n, v: float(n) ** 3 * (v * v + 16)  # 16: the per-point work besides V^2
-        parts = int(np.ceil(np.sqrt(work(T, p.shape[1]) / work(AUTO_SUBGRID, 3)) - 1e-9))
-        subgrid = -(-T // max(parts, 1))
-    subgrid = _validate.positive_int(subgrid, "subgrid")
-    if subgrid < 2:
-        raise ValueError(f"subgrid={subgrid} must be at least 2 points.")
-    # Interleaved sub-grids r, r + m, r + 2m, ... cover the grid; a k-feature model is affine on
-    # at most k + 1 blocks of each, so their partition costs add up to a bound on the KL sum.
-    m = -(-T // subgrid)
-    bounds = np.zeros(k_max)
-    solver_tol = 0.0
-    for r in range(m):
-        keep = np.arange(r, T, m)
-        S = keep.size
-        lower, primal = _block_costs(t[keep], p[keep])
-        upper = np.triu_indices(S)
-        # inf where a block's solver failed
-        solver_tol = max(solver_tol, float(np.max(primal[upper] - lower[upper])))
-        n_blocks = min(k_max + 1, S)
-        best, start = _partitions(lower, n_blocks)
-        exact = np.concatenate([best[:, -1], np.zeros(k_max + 1 - n_blocks)]) / T
-        # At most k + 1 blocks: the bound is non-increasing in k even where certified block
-        # costs are not exactly subadditive.
-        bounds += np.minimum.accumulate(exact)[1:]
-        if r == 0:
-            boundaries, knots = [], []
-            for k in range(1, k_max + 1):
-                b = _backtrack(start, min(k + 1, S))
-                if b.size < k:
-                    b = np.concatenate([b, np.full(k - b.size, b[-1])])
-                boundaries.append(keep[b])
-                knots.append((t[keep[b - 1]] + t[keep[b]]) / 2)
-    return SegmentationBound(
-        bounds=bounds, boundaries=tuple(boundaries), knots=tuple(knots), solver_tol=solver_tol,
-        seconds=time.perf_counter() - t0,
-    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -476,40 +59,23 @@ class RequiredFeatures:
     activation: str
 
 
-def required_features(
-    target: Target,
-    tol: float,
-    *,
-    metric: str = "mean_kl",
-    k_max: int = 64,
-    activation: str = "relu",
-    restarts: int = 16,
-    max_steps: int = 200,
-    key: int = 0,
-) -> RequiredFeatures:
+def required_features(target: Target, tol: float, **options: Any) -> RequiredFeatures:
     """The number of features a curve needs to reach a tolerance, with a certified floor.
 
-    The segmentation bound (:func:`segmentation_lower_bound`) rules out every k whose bound
-    exceeds ``tol``; fits then start at the first k it does not rule out and go up, a few feature
-    counts per compiled call, each started from the optimal segmentation's breakpoints, until one
-    reaches ``tol``. So ``lower_bound <= k``, and ``k == lower_bound`` proves ``k`` optimal.
+    The segmentation bound (:func:`jaxfeat.bounds.segmentation_lower_bound`) rules out every k
+    whose bound exceeds ``tol``; fits then start at the first k it does not rule out and go up, a
+    few feature counts per compiled call, each started from the optimal segmentation's
+    breakpoints, until one reaches ``tol``. So ``lower_bound <= k``, and ``k == lower_bound``
+    proves ``k`` optimal.
 
     Args:
       target: the curve.
       tol: tolerance on the metric, in nats (> 0).
-      metric: ``"mean_kl"`` (mean over the grid) or ``"max_kl"`` (worst grid point).
-      k_max: largest k to try (>= 1).
-      activation: ``"relu"``, ``"jumprelu"`` or ``"softplus"`` (no certificate: ``lower_bound``
-        is 1 and ``bounds`` are zeros).
-      restarts: restarts per fit.
-      max_steps: optimiser steps per restart.
-      key: integer seed.
+      **options: the keywords of :func:`required_features_batch` (``metric``, ``k_max``,
+        ``activation``, ``restarts``, ``max_steps``, ``key``, ``solver``, ``progress``).
 
     Returns:
       :class:`RequiredFeatures`.
-
-    Raises:
-      ValueError: for ``tol <= 0``, ``k_max < 1``, or an unknown metric or activation.
 
     Example:
       >>> import jaxfeat
@@ -519,13 +85,21 @@ def required_features(
     """
     if not isinstance(target, Target):
         raise ValueError(f"target must be a jaxfeat.Target, got {type(target).__name__}.")
-    return required_features_batch([target], tol, metric=metric, k_max=k_max,
-                                    activation=activation, restarts=restarts,
-                                    max_steps=max_steps, key=key)[0]
+    return required_features_batch([target], tol, **options)[0]
 
 
 def required_features_batch(
-    targets: Sequence[Target], tol: float, **kwargs: Any
+    targets: Sequence[Target],
+    tol: float,
+    *,
+    metric: str = "mean_kl",
+    k_max: int = 64,
+    activation: str = "relu",
+    restarts: int = 16,
+    max_steps: int = 200,
+    key: int = 0,
+    solver: SolverSettings | None = None,
+    progress: bool | None = None,
 ) -> list[RequiredFeatures]:
     """:func:`required_features` for many targets on one grid, sharing compiled fits.
 
@@ -535,12 +109,24 @@ def required_features_batch(
 
     Args:
       targets: targets with the same grid ``t`` and vocabulary size.
-      tol: tolerance, as in :func:`required_features`.
-      **kwargs: ``metric``, ``k_max``, ``activation``, ``restarts``, ``max_steps``, ``key``, as
-        in :func:`required_features`.
+      tol: tolerance on the metric, in nats (> 0).
+      metric: ``"mean_kl"`` (mean over the grid) or ``"max_kl"`` (worst grid point).
+      k_max: largest k to try (>= 1).
+      activation: ``"relu"``, ``"jumprelu"`` or ``"softplus"`` (no certificate: ``lower_bound``
+        is 1 and ``bounds`` are zeros).
+      restarts: restarts per fit.
+      max_steps: optimiser steps per restart.
+      key: integer seed.
+      solver: :class:`jaxfeat.SolverSettings` for the fits (default settings if ``None``).
+      progress: a progress bar over the fitting rounds on stderr; ``None`` shows it only on a
+        terminal.
 
     Returns:
       One :class:`RequiredFeatures` per target, in order.
+
+    Raises:
+      ValueError: for ``tol <= 0``, ``k_max < 1``, an unknown metric or activation, no targets,
+        or targets on different grids.
 
     Example:
       Two features are certified too few for either curve, so nothing needs fitting:
@@ -550,15 +136,8 @@ def required_features_batch(
       >>> [(r.k, r.lower_bound) for r in required_features_batch(curves, 1e-3, k_max=2)]
       [(None, 3), (None, 3)]
     """
-    unknown = set(kwargs) - {"metric", "k_max", "activation", "restarts", "max_steps", "key"}
-    if unknown:
-        raise ValueError(f"unknown argument(s) {sorted(unknown)}; see required_features.")
-    metric = kwargs.get("metric", "mean_kl")
-    k_max = _validate.positive_int(kwargs.get("k_max", 64), "k_max")
-    activation = _validate.activation(kwargs.get("activation", "relu"))
-    restarts = _validate.positive_int(kwargs.get("restarts", 16), "restarts")
-    max_steps = _validate.positive_int(kwargs.get("max_steps", 200), "max_steps")
-    key = kwargs.get("key", 0)
+    k_max = _validate.positive_int(k_max, "k_max")
+    activation = _validate.activation(activation)
     tol = _validate.positive_float(tol, "tol")
     if metric not in METRICS:
         raise ValueError(
@@ -591,6 +170,9 @@ def required_features_batch(
     next_k = list(lower)
     probs = jnp.stack([tgt.probs for tgt in targets])
     dtype = probs.dtype
+    bar = tqdm(total=n, desc="required features", unit="target", leave=False,
+               disable=None if progress is None else not progress)
+    bar.update(sum(k > k_max for k in next_k))
 
     while True:
         todo = [i for i in range(n) if found[i] is None and next_k[i] <= k_max]
@@ -609,7 +191,7 @@ def required_features_batch(
             for r, (i, k) in enumerate(rows_padded):
                 init[r, :k] = seg_knots[i][k - 1]
         res = fit_batch(targets[0].t, probs[idx], ks, activation=activation, restarts=restarts,
-                        max_steps=max_steps, key=key, k_max=slots,
+                        max_steps=max_steps, key=key, k_max=slots, solver=solver,
                         init_knots=jnp.asarray(init, dtype))
         values = np.asarray(getattr(res, metric))
         for r, (i, k) in enumerate(rows):
@@ -621,12 +203,20 @@ def required_features_batch(
                 found[i] = k
                 fits[i] = res.take(r, k)
             next_k[i] += _KS_PER_ROUND
+            if found[i] is not None or next_k[i] > k_max:
+                bar.update(1)
+        bar.set_postfix_str(f"k up to {max(k for _, k in rows)}")
+    bar.close()
 
     return [
         RequiredFeatures(k=found[i], lower_bound=lower[i], losses=losses[i], bounds=bounds[i],
                          fit=fits[i], tol=tol, metric=metric, activation=activation)
         for i in range(n)
     ]
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(int(n) - 1, 0).bit_length()
 
 
 def predicted_features(target: Target, tol: float) -> float:
@@ -678,3 +268,46 @@ def predicted_features(target: Target, tol: float) -> float:
     dens = np.maximum(g, 0.0) ** 0.2
     integral = float(np.sum((dens[1:] + dens[:-1]) / 2 * h))
     return integral**1.25 * (1440.0 * tol) ** -0.25
+
+
+def affine_rank(target: Target, tol: float | None = None) -> int:
+    r"""Feature count with unconstrained encoders: the affine rank of the log-probability path.
+
+    With encoders free to be any function of t, k features reach exactly the paths whose centred
+    log-probabilities lie in a k-dimensional affine subspace. Let ``X`` be the (T, V) matrix of
+    log-probabilities with each row centred over tokens and then the mean row subtracted, and
+    :math:`\sigma_1 \ge \sigma_2 \ge \dots` its singular values. Since ``KL(p || softmax(z + d))
+    ~ d^T (diag p - p p^T) d / 2`` and that matrix is at most 1/2 in operator norm, truncating to
+    rank r costs a mean KL of at most about :math:`\sum_{i > r} \sigma_i^2 / (4T)`. The count is the
+    smallest r that brings this below ``tol``: a second-order upper estimate, never more than
+    ``min(V, T) - 1``. With ``tol=None`` it is the numerical rank at machine precision.
+
+    Args:
+      target: the curve.
+      tol: mean-KL tolerance in nats, or ``None``.
+
+    Returns:
+      The rank r.
+
+    Example:
+      >>> import jaxfeat
+      >>> affine_rank(jaxfeat.targets.temperature())  # a straight logit ray
+      1
+      >>> osc = jaxfeat.targets.oscillating(1, n=64)  # logits (0, 3 sin, 2 cos): a planar loop
+      >>> affine_rank(osc), affine_rank(osc, tol=0.5)
+      (2, 1)
+    """
+    p = np.asarray(target.probs, np.float64)
+    logp = np.log(np.maximum(p, 1e-300))
+    # Tokens far below the most likely one carry no KL weight; clipping keeps log 0 finite.
+    logp = np.maximum(logp, logp.max(axis=1, keepdims=True) - 30.0)
+    X = logp - logp.mean(axis=1, keepdims=True)
+    X = X - X.mean(axis=0)
+    s = np.linalg.svd(X, compute_uv=False)
+    if s.size == 0 or s[0] == 0:
+        return 0
+    if tol is None:
+        eps = np.finfo(np.asarray(target.probs).dtype).eps
+        return int(np.sum(s > s[0] * max(X.shape) * eps * 10))
+    tail = np.concatenate([np.cumsum((s**2)[::-1])[::-1], [0.0]])  # tail[r] = sum_{i >= r} s_i^2
+    return int(np.argmax(tail / (4 * X.shape[0]) <= tol))

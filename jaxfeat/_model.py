@@ -6,6 +6,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.typing import ArrayLike
 
 ACTIVATIONS = ("relu", "jumprelu", "softplus")
@@ -191,3 +192,32 @@ def mean_kl(
       Array(0., dtype=float32)
     """
     return jnp.mean(kl(target_probs, log_probs(params, t, activation)))
+
+
+# Tokens far below a row's most likely one carry almost no KL weight, but their log-probabilities
+# would dominate a least-squares fit or a finite difference of log p; clipping them this many nats
+# below the row's largest log-probability keeps every value finite and their pull bounded.
+LOG_DEPTH = 30.0
+
+
+def clipped_log_probs(p: ArrayLike, depth: float = LOG_DEPTH) -> jax.Array | np.ndarray:
+    """Log-probabilities clipped ``depth`` nats below each row's maximum (exact zeros included).
+
+    NumPy arrays stay NumPy (host-side float64 code); anything else goes through ``jax.numpy``.
+
+    Args:
+      p: (..., V) probabilities.
+      depth: nats below the row's largest log-probability where values are clipped.
+
+    Returns:
+      (..., V) clipped log-probabilities.
+
+    Example:
+      >>> import numpy as np
+      >>> clipped_log_probs(np.array([1.0, 0.0]), depth=5.0)
+      array([ 0., -5.])
+    """
+    xp = np if isinstance(p, np.ndarray) else jnp
+    p = xp.asarray(p)
+    z = xp.log(xp.maximum(p, xp.finfo(p.dtype).tiny))
+    return xp.maximum(z, xp.max(z, axis=-1, keepdims=True) - depth)

@@ -9,9 +9,13 @@ from __future__ import annotations
 import numbers
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from ._model import ACTIVATIONS
+
+# Encoders whose logits are piecewise affine in t: the ones the certified bounds hold for.
+BOUND_ACTIVATIONS = ("relu", "jumprelu")
 
 
 def is_traced(*xs: object) -> bool:
@@ -105,3 +109,48 @@ def matching_grid(t: object, probs: object, probs_name: str = "probs") -> None:
             f"(..., T, V) "
             f"with T = {T}."
         )
+
+
+def nonnegative_float(value: object, name: str) -> float:
+    try:
+        x = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}={value!r} must be a number >= 0.") from None
+    if not np.isfinite(x) or x < 0:
+        raise ValueError(f"{name}={value!r} must be a finite number >= 0.")
+    return x
+
+
+def bound_activation(activation: str) -> str:
+    if activation not in BOUND_ACTIVATIONS:
+        raise ValueError(
+            f"activation={activation!r}: the bounds need piecewise-affine encoders; "
+            f"use one of {', '.join(map(repr, BOUND_ACTIVATIONS))}."
+        )
+    return activation
+
+
+def float_array(x: object, name: str) -> jax.Array:
+    """``x`` as a JAX float array: integers take the default float dtype, half precision float32.
+
+    Half precision (float16, bfloat16) has about three significant digits: KL values and
+    Gauss-Newton systems in it would be rounding noise, so it is computed in float32.
+    """
+    a = jnp.asarray(x)
+    if not jnp.issubdtype(a.dtype, jnp.floating):
+        return a.astype(jnp.result_type(float))
+    if jnp.finfo(a.dtype).bits < 32:
+        return a.astype(jnp.float32)
+    return a
+
+
+def target(value: object) -> object:
+    """Checks that ``value`` is a :class:`jaxfeat.Target` (validated when it was built)."""
+    from ._target import Target  # _target imports this module
+
+    if not isinstance(value, Target):
+        raise ValueError(
+            f"target must be a jaxfeat.Target, got {type(value).__name__}; wrap arrays with "
+            "jaxfeat.Target(t, probs) or use fit_batch."
+        )
+    return value

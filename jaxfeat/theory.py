@@ -37,7 +37,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from . import _validate
+from . import _logratio, _validate
+from ._fit import fit
 from ._model import Features
 from ._model import logits as _logits
 from ._target import Target
@@ -45,8 +46,6 @@ from ._target import Target
 PEAK_STATUS = ("peaked", "rising", "falling")
 """Names of :attr:`PeakActivation.status` codes 0, 1, 2."""
 
-_EPS64 = float(np.finfo(np.float64).eps)
-_BOUND_ACTIVATIONS = ("relu", "jumprelu")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -392,82 +391,21 @@ def token_peak_activation(
 # Turning points
 
 
-def _nonneg(value: object, name: str) -> float:
-    try:
-        x = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise ValueError(f"{name}={value!r} must be a number >= 0.") from None
-    if not np.isfinite(x) or x < 0:
-        raise ValueError(f"{name}={value!r} must be a finite number >= 0.")
-    return x
-
-
-def _scan(y: np.ndarray, tol: float) -> np.ndarray:
-    """Hysteresis scan down axis 0 of (T, C): number of alternating moves larger than tol."""
-    if y.shape[1] <= 8:  # few curves: a plain loop is faster than array operations
-        return np.array([max(len(_chain(col, tol)) - 1, 0) for col in y.T.tolist()], dtype=np.int64)
-    v0 = y[0]
-    lo, hi, ext = v0.copy(), v0.copy(), v0.copy()
-    direction = np.zeros(v0.shape, np.int8)
-    moves = np.zeros(v0.shape, np.int64)
-    for v in y[1:]:
-        undecided = direction == 0
-        lo = np.where(undecided, np.minimum(lo, v), lo)
-        hi = np.where(undecided, np.maximum(hi, v), hi)
-        start_up = undecided & (v - lo > tol)
-        start_dn = undecided & (hi - v > tol)
-        up, dn = direction == 1, direction == -1
-        ext = np.where(up, np.maximum(ext, v), np.where(dn, np.minimum(ext, v), ext))
-        flip = (up & (ext - v > tol)) | (dn & (v - ext > tol))
-        direction = np.where(flip, -direction, direction)
-        direction = np.where(start_up, 1, np.where(start_dn, -1, direction)).astype(np.int8)
-        ext = np.where(flip | start_up | start_dn, v, ext)
-        moves += flip | start_up | start_dn
-    return moves
-
-
-def _chain(y, tol: float) -> np.ndarray:
-    """Grid indices of the alternating chain found by the hysteresis scan of one curve."""
-    y = y.tolist() if isinstance(y, np.ndarray) else y
-    lo_i = hi_i = ext_i = 0
-    direction = 0
-    chain: list[int] = []
-    for i in range(1, len(y)):
-        v = y[i]
-        if direction == 0:
-            if v < y[lo_i]:
-                lo_i = i
-            if v > y[hi_i]:
-                hi_i = i
-            if v - y[lo_i] > tol:
-                direction, chain, ext_i = 1, [lo_i], i
-            elif y[hi_i] - v > tol:
-                direction, chain, ext_i = -1, [hi_i], i
-        elif direction * (v - y[ext_i]) > 0:
-            ext_i = i
-        elif direction * (y[ext_i] - v) > tol:
-            chain.append(ext_i)
-            direction, ext_i = -direction, i
-    if direction:
-        chain.append(ext_i)
-    return np.asarray(chain, dtype=np.int64)
-
-
-def turning_points(y: ArrayLike, tol: float = 0.0) -> int | np.ndarray:
+def turning_points(y: ArrayLike, threshold: float = 0.0) -> int | np.ndarray:
     r"""Number of turning points of a sampled curve (or of each column).
 
-    With ``tol = 0`` these are the sign changes of the slope sequence ``y[i+1] - y[i]`` after
+    With ``threshold = 0`` these are the sign changes of the slope sequence ``y[i+1] - y[i]`` after
     deleting zero slopes: the minimum number of monotone pieces minus one. Endpoints never count; a
     plateau between a rise and a fall counts once; a terrace (rise, flat, rise) not at all.
 
-    With ``tol > 0`` the count has hysteresis: a change of direction counts only once the curve has
-    moved by more than ``tol`` from its last extreme, so wiggles of size ``tol`` or less are
+    With ``threshold > 0`` the count has hysteresis: a change of direction counts only once the curve has
+    moved by more than ``threshold`` from its last extreme, so wiggles of size ``threshold`` or less are
     ignored. Equivalently, it is ``n - 1`` for the longest chain of grid points whose ``n``
-    successive increments alternate in sign and each exceed ``tol`` (0 when no increment does).
+    successive increments alternate in sign and each exceed ``threshold`` (0 when no increment does).
 
     Args:
       y: (T,) curve, or (T, ...) for one count per trailing index.
-      tol: wiggle size to ignore (>= 0).
+      threshold: wiggle size to ignore (>= 0), in the units of y.
 
     Returns:
       An ``int`` for a 1-D curve, an integer array of the trailing shape otherwise.
@@ -477,7 +415,7 @@ def turning_points(y: ArrayLike, tol: float = 0.0) -> int | np.ndarray:
       1
       >>> turning_points([0.0, 1.0, 1.0, 2.0])     # terrace
       0
-      >>> turning_points([0.0, 1.0, 0.9, 2.0, 0.0], tol=0.2)
+      >>> turning_points([0.0, 1.0, 0.9, 2.0, 0.0], threshold=0.2)
       1
     """
     arr = np.asarray(y, dtype=np.float64)
@@ -485,9 +423,9 @@ def turning_points(y: ArrayLike, tol: float = 0.0) -> int | np.ndarray:
         raise ValueError(f"y must be a curve of shape (T,) or (T, ...), got shape {arr.shape}.")
     if not np.all(np.isfinite(arr)):
         raise ValueError("y contains NaN or inf; turning points need a finite curve.")
-    tol = _nonneg(tol, "tol")
+    threshold = _validate.nonnegative_float(threshold, "threshold")
     flat = arr.reshape(arr.shape[0], -1)
-    counts = np.maximum(_scan(flat, tol) - 1, 0).reshape(arr.shape[1:])
+    counts = np.maximum(_logratio.alternating_moves(flat, threshold) - 1, 0).reshape(arr.shape[1:])
     return int(counts) if arr.ndim == 1 else counts
 
 
@@ -522,233 +460,10 @@ def max_turning_points(k: int, activation: str = "relu") -> int:
     """
     if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 0:
         raise ValueError(f"k={k!r} must be an integer >= 0.")
-    _bound_activation(activation)
+    _validate.bound_activation(activation)
     if activation == "relu" and k in (1, 2):
         return int(k) - 1
     return int(k)
-
-
-def _bound_activation(activation: str) -> str:
-    if activation not in _BOUND_ACTIVATIONS:
-        raise ValueError(
-            f"activation={activation!r}: the bounds need piecewise-affine encoders; "
-            f"use one of {', '.join(map(repr, _BOUND_ACTIVATIONS))}."
-        )
-    return activation
-
-
-def _features_for_moves(moves: int, activation: str) -> int:
-    """Fewest features whose log-ratio can make ``moves`` alternating moves."""
-    if moves == 0:
-        return 0
-    k = 1
-    while max_turning_points(k, activation) < moves - 1:
-        k += 1
-    return k
-
-
-# ---------------------------------------------------------------------------------------------
-# Certified lower bounds
-
-
-class _Data(NamedTuple):
-    t: np.ndarray  # (T,) float64 grid
-    y: np.ndarray  # (T, V) float64 log-probabilities (floored at the smallest float64)
-    full: np.ndarray  # full-support tokens, most probable (max over t) first
-
-
-def _prepare(target: object) -> _Data:
-    if not isinstance(target, Target):
-        raise ValueError(
-            f"target must be a jaxfeat.Target, got {type(target).__name__}; wrap "
-            "arrays with jaxfeat.Target(t, probs)."
-        )
-    p = np.asarray(target.probs, dtype=np.float64)
-    t = np.asarray(target.t, dtype=np.float64)
-    full = np.flatnonzero(np.all(p > 0, axis=0))
-    full = full[np.argsort(-p[:, full].max(axis=0), kind="stable")]
-    y = np.log(np.maximum(p, np.finfo(np.float64).tiny))
-    return _Data(t, y, full)
-
-
-def _margin(y: np.ndarray, delta: float) -> float:
-    scale = float(np.max(np.abs(y))) if y.size else 0.0
-    return 256 * _EPS64 * (1.0 + scale + delta)
-
-
-class TurningPointBound(NamedTuple):
-    """Result of :func:`turning_point_lower_bound`.
-
-    Attributes:
-      k: certified lower bound on the number of features.
-      moves: n, the number of alternating increments of the chain, each larger than ``2 delta``.
-      tokens: ``(j, m)``, the token pair whose log-ratio carries the chain (``None`` if no pair has
-        an increment larger than ``2 delta``).
-      chain: (n + 1,) grid indices of the chain.
-      delta: the sup-norm log-ratio error the bound is for.
-      activation: the encoder class the bound is for.
-    """
-
-    k: int
-    moves: int
-    tokens: tuple[int, int] | None
-    chain: np.ndarray
-    delta: float
-    activation: str
-
-
-def turning_point_lower_bound(
-    target: Target, delta: float, *, activation: str = "relu", max_tokens: int = 64
-) -> TurningPointBound:
-    r"""Certified lower bound on k from turning points, for sup-norm log-ratio error ``delta``.
-
-    For a token pair (j, m) let ``y(t) = log(p_j / p_m)``. If grid points
-    :math:`i_0 < \dots < i_n` have increments :math:`y(i_{s+1}) - y(i_s)` alternating in sign,
-    each larger than :math:`2\delta` in size, then every model within ``delta`` of y has
-    increments of the same signs there, hence at least ``n - 1`` turning points, and a k-feature
-    model has at most :func:`max_turning_points` ``(k)``. So
-
-    .. math:: k \ge \min\{k : \operatorname{maxTP}(k) \ge n - 1\} \quad (\text{and } k \ge 1
-       \text{ when } n \ge 1),
-
-    which is ``n - 1`` for long chains (``n`` for ReLU when ``n <= 3``). The longest chain of a
-    pair comes from one O(T) hysteresis scan with threshold ``2 delta`` plus a float64 margin;
-    the bound maximises over all pairs of the ``max_tokens`` most probable full-support tokens
-    (any pair gives a valid bound, so a subset stays sound).
-
-    Args:
-      target: the curve.
-      delta: sup-norm log-ratio error (>= 0).
-      activation: ``"relu"`` (default) or ``"jumprelu"`` (also valid for any encoder whose
-        activation is affine on each side of one breakpoint).
-      max_tokens: pairs are formed among this many most probable tokens (their max over t).
-
-    Returns:
-      :class:`TurningPointBound` with the bound and its witness (token pair and chain).
-
-    Example:
-      >>> import jaxfeat
-      >>> tgt = jaxfeat.targets.temperature(nonmonotone=True)
-      >>> res = turning_point_lower_bound(tgt, delta=0.1)
-      >>> res.k, res.moves, res.tokens
-      (2, 2, (1, 0))
-    """
-    delta = _nonneg(delta, "delta")
-    activation = _bound_activation(activation)
-    max_tokens = _validate.positive_int(max_tokens, "max_tokens")
-    data = _prepare(target)
-    S = data.full[:max_tokens]
-    if len(S) < 2:
-        return TurningPointBound(0, 0, None, np.zeros(0, np.int64), delta, activation)
-    jj, mm = np.triu_indices(len(S), 1)
-    ratios = data.y[:, S[jj]] - data.y[:, S[mm]]
-    tol = 2 * delta + _margin(data.y[:, S], delta)
-    moves = _scan(ratios, tol)
-    best = int(np.argmax(moves))
-    n = int(moves[best])
-    if n == 0:
-        return TurningPointBound(0, 0, None, np.zeros(0, np.int64), delta, activation)
-    chain = _chain(ratios[:, best], tol)
-    j, m = int(S[jj[best]]), int(S[mm[best]])
-    if ratios[chain[1], best] < ratios[chain[0], best]:
-        j, m = m, j  # report the pair whose ratio rises first
-    return TurningPointBound(
-        _features_for_moves(n, activation), n, (j, m), chain, delta, activation
-    )
-
-
-class PieceCountBound(NamedTuple):
-    """Result of :func:`piece_count_lower_bound`.
-
-    Attributes:
-      k: certified lower bound ``N* - 1`` on the number of features.
-      blocks: (N*, 2) first and last grid index of each greedy maximal block.
-      breaks: for each block but the last, the coordinate that stopped it from growing: ``(j, m)``
-        for the log-ratio of tokens j and m, ``(j, -1)`` for token j's centred log-probability.
-      delta: the sup-norm log-ratio error the bound is for.
-    """
-
-    k: int
-    blocks: np.ndarray
-    breaks: tuple[tuple[int, int], ...]
-    delta: float
-
-
-def piece_count_lower_bound(
-    target: Target, delta: float, *, max_tokens: int = 64, pair_tokens: int = 16
-) -> PieceCountBound:
-    r"""Certified lower bound on k from the number of affine pieces, for sup-norm error ``delta``.
-
-    On the grid, a model with k ReLU (or JumpReLU) features is affine in t on at most k + 1
-    contiguous blocks of grid points, in every log-ratio coordinate at once. A block is feasible
-    if every checked coordinate y (a centred log-probability or a pairwise log-ratio, all within
-    ``delta`` of the model's) admits an affine f with :math:`|f(t_i) - y_i| \le \delta` on the
-    block. Feasibility is inherited by sub-blocks, so the greedy left-to-right maximal blocks are
-    the fewest, N*, and
-
-    .. math:: k \ge N^* - 1.
-
-    The check is exact: an affine f exists iff the slope interval
-    :math:`\max_{i<e} (y_e - y_i - 2\delta)/(t_e - t_i) \le \min_{i<e} (y_e - y_i + 2\delta)/(t_e
-    - t_i)` over all pairs in the block is non-empty (the strip width ``max(y - b t) -
-    min(y - b t)`` is a max over pairs), updated in O(block length) per new point.
-
-    Args:
-      target: the curve.
-      delta: sup-norm log-ratio error (>= 0).
-      max_tokens: centred log-probabilities of this many most probable full-support tokens (centred
-        over those tokens) are checked.
-      pair_tokens: all pairwise log-ratios among this many most probable tokens are checked too.
-
-    Returns:
-      :class:`PieceCountBound` with the bound and the blocks.
-
-    Example:
-      >>> import numpy as np, jaxfeat
-      >>> t = np.linspace(0.0, 1.0, 21)
-      >>> z = np.stack([np.zeros_like(t), np.abs(t - 0.5)], axis=1)   # a V shape: 2 pieces
-      >>> res = piece_count_lower_bound(jaxfeat.Target.from_logits(t, z), delta=0.01)
-      >>> res.k, res.blocks.tolist()
-      (1, [[0, 10], [11, 20]])
-    """
-    delta = _nonneg(delta, "delta")
-    max_tokens = _validate.positive_int(max_tokens, "max_tokens")
-    pair_tokens = _validate.positive_int(pair_tokens, "pair_tokens")
-    data = _prepare(target)
-    t, T = data.t, data.t.shape[0]
-    S = data.full[:max_tokens]
-    if len(S) < 2:
-        return PieceCountBound(0, np.array([[0, T - 1]]), (), delta)
-    P = data.full[: min(pair_tokens, len(S))]
-    jj, mm = np.triu_indices(len(P), 1)
-    ys = data.y[:, S]
-    Y = np.concatenate(
-        [ys - ys.mean(axis=1, keepdims=True), data.y[:, P[jj]] - data.y[:, P[mm]]], axis=1
-    )
-    labels = [(int(s), -1) for s in S]
-    labels += [(int(P[a]), int(P[b])) for a, b in zip(jj, mm, strict=True)]
-    d2 = 2 * (delta + _margin(ys, delta))
-    blocks: list[tuple[int, int]] = []
-    breaks: list[tuple[int, int]] = []
-    s = 0
-    lo = np.full(Y.shape[1], -np.inf)
-    hi = np.full(Y.shape[1], np.inf)
-    for e in range(1, T):
-        dt = (t[e] - t[s:e])[:, None]
-        dy = Y[e] - Y[s:e]
-        new_lo = np.maximum(lo, np.max((dy - d2) / dt, axis=0))
-        new_hi = np.minimum(hi, np.min((dy + d2) / dt, axis=0))
-        gap = new_lo - new_hi
-        if np.any(gap > 0):
-            blocks.append((s, e - 1))
-            breaks.append(labels[int(np.argmax(gap))])
-            s = e
-            lo = np.full(Y.shape[1], -np.inf)
-            hi = np.full(Y.shape[1], np.inf)
-        else:
-            lo, hi = new_lo, new_hi
-    blocks.append((s, T - 1))
-    return PieceCountBound(len(blocks) - 1, np.asarray(blocks, np.int64), tuple(breaks), delta)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -777,7 +492,7 @@ def sup_log_ratio_error(target: Target, logits: ArrayLike) -> float:
       >>> round(sup_log_ratio_error(tgt, np.array([[0.0, 1.0], [0.0, 2.5]])), 4)
       0.5
     """
-    data = _prepare(target)
+    data = _logratio.prepare(target)
     z = np.asarray(logits, dtype=np.float64)
     if z.shape != data.y.shape:
         raise ValueError(
@@ -820,14 +535,14 @@ def _min_osc(A: np.ndarray, B: np.ndarray, iters: int = 40) -> tuple[np.ndarray,
 
 
 class Certificate(NamedTuple):
-    """Why a target is not within ``tol`` of any single feature.
+    """Why a target is not within ``delta`` of any single feature.
 
     Attributes:
-      kind: ``"reversal"``: the log-ratio of ``tokens`` rises by more than ``2 tol`` between
-        ``points[0]`` and ``points[1]`` and falls by more than ``2 tol`` between ``points[1]`` and
+      kind: ``"reversal"``: the log-ratio of ``tokens`` rises by more than ``2 delta`` between
+        ``points[0]`` and ``points[1]`` and falls by more than ``2 delta`` between ``points[1]`` and
         ``points[2]`` (a single feature with a monotone activation makes every ratio monotone).
         ``"off_ray"``: no point of the segment between the centred log-probabilities at
-        ``points[0]`` and ``points[2]`` is within ``2 tol`` (in osc) of the one at ``points[1]``
+        ``points[0]`` and ``points[2]`` is within ``2 delta`` (in osc) of the one at ``points[1]``
         (a single feature with a monotone activation traverses one ray in order).
         ``"pieces"``: the certified lower bound ``k >= 2`` of :func:`piece_count_lower_bound`
         (``points`` = the first grid index of each block); ReLU only. (For ReLU the turning-point
@@ -862,13 +577,13 @@ class SingleFeatureCheck(NamedTuple):
     """Result of :func:`single_feature_check`.
 
     Attributes:
-      representable: ``True`` (a witness within ``tol`` was found), ``False`` (a certificate proves
+      representable: ``True`` (a witness within ``delta`` was found), ``False`` (a certificate proves
         none exists), or ``None`` (undecided: neither was found).
       status: ``"representable"``, ``"not_representable"`` or ``"undecided"``.
       witness: :class:`~jaxfeat.Features` (relu) or :class:`RayWitness` (monotone) when found.
       error: sup-norm log-ratio error of the witness (``inf`` without one).
       certificate: :class:`Certificate` when not representable.
-      tol: the tolerance.
+      delta: the tolerance.
       encoder: ``"relu"`` or ``"monotone"``.
     """
 
@@ -877,7 +592,7 @@ class SingleFeatureCheck(NamedTuple):
     witness: Features | RayWitness | None
     error: float
     certificate: Certificate | None
-    tol: float
+    delta: float
     encoder: str
 
 
@@ -933,7 +648,7 @@ def _osc_rows(d: np.ndarray) -> np.ndarray:
     return d.max(axis=1) - d.min(axis=1)
 
 
-def _ray_witness(data: _Data, dtype) -> tuple[RayWitness, float, tuple, np.ndarray]:
+def _ray_witness(data: _logratio.LogRatioData, dtype) -> tuple[RayWitness, float, tuple, np.ndarray]:
     """Best monotone ray witness over the full-support tokens; also the ray ``(c, l)`` (full
     vocabulary) and the raw sup-norm projections ``a`` with ``y(t_i) ~ c + a_i l``."""
     F = data.full
@@ -1002,7 +717,7 @@ def _hinges(t: np.ndarray, a: np.ndarray) -> list[tuple[float, float, float, flo
     return out
 
 
-def _relu_witness(data: _Data, ray: tuple, a: np.ndarray, dtype) -> tuple[Features, float]:
+def _relu_witness(data: _logratio.LogRatioData, ray: tuple, a: np.ndarray, dtype) -> tuple[Features, float]:
     """Best hinge ``alpha + beta relu(w t + b)`` on the ray, as one ReLU feature."""
     c, d = ray
     cands = _hinges(data.t, a)
@@ -1022,7 +737,7 @@ def _relu_witness(data: _Data, ray: tuple, a: np.ndarray, dtype) -> tuple[Featur
     return Features.create(*(jnp.asarray(x, dtype) for x in params)), err
 
 
-def _features_error(data: _Data, params: tuple | Features) -> float:
+def _features_error(data: _logratio.LogRatioData, params: tuple | Features) -> float:
     if len(data.full) < 2:
         return 0.0
     c, vecs, w, b = (np.asarray(x, np.float64) for x in params[:4])
@@ -1032,78 +747,77 @@ def _features_error(data: _Data, params: tuple | Features) -> float:
 
 def single_feature_check(
     target: Target,
-    tol: float,
+    delta: float,
     encoder: str = "relu",
     *,
     max_tokens: int = 64,
     use_fit: bool = True,
-    fit_kwargs: dict | None = None,
+    restarts: int = 16,
+    key: int = 0,
 ) -> SingleFeatureCheck:
-    r"""Decides, with a witness or a certificate, whether one feature is within ``tol`` of a target.
+    r"""Decides, with a witness or a certificate, whether one feature is within ``delta`` of a target.
 
-    ``tol`` is a sup-norm log-ratio error (see the module docstring): *representable* means some
-    single feature has :math:`\max_t \max_{j,m} |\log(q_j/q_m) - \log(p_j/p_m)| \le` ``tol``,
+    ``delta`` is a sup-norm log-ratio error (see the module docstring): *representable* means some
+    single feature has :math:`\max_t \max_{j,m} |\log(q_j/q_m) - \log(p_j/p_m)| \le` ``delta``,
     the same measure as :func:`turning_point_lower_bound` and :func:`piece_count_lower_bound`.
 
     Encoders:
 
     * ``"monotone"``: ``z(t) = c + a(t) l`` with any monotone ``a(t) >= 0``. Every log-ratio is
       then monotone in t, in the direction ``sign(l_j - l_m)``, and the centred log-probability path
-      runs along one ray in order. Certificates: a ratio that reverses by more than ``2 tol``
+      runs along one ray in order. Certificates: a ratio that reverses by more than ``2 delta``
       (three grid points, found for all token pairs by :func:`turning_point_lower_bound`), or three
-      grid points whose middle one is more than ``2 tol`` (osc) from every point between the outer
-      two: ``osc(y_2 - lam y_1 - (1 - lam) y_3) <= 2 tol`` for some ``lam in [0, 1]`` is necessary.
+      grid points whose middle one is more than ``2 delta`` (osc) from every point between the outer
+      two: ``osc(y_2 - lam y_1 - (1 - lam) y_3) <= 2 delta`` for some ``lam in [0, 1]`` is necessary.
       Witness: a ray through the path (its chord or principal direction) with the sup-norm
       projections made monotone.
     * ``"relu"``: ``a(t) = relu(w t + b)``, a monotone encoder, so the certificates above apply;
       in addition the certified bound ``k >= 2`` from :func:`piece_count_lower_bound` (a single
       ReLU feature is affine on at most two blocks of the grid). Witness: a hinge fitted to the
       ray projections, then (if ``use_fit``) :func:`jaxfeat.fit` with ``k = 1``; a witness counts
-      only if its sup log-ratio error, computed in float64, is at most ``tol``.
+      only if its sup log-ratio error, computed in float64, is at most ``delta``.
 
     The search for certificates and witnesses is not exhaustive: when neither is found the result
     is ``"undecided"`` (``representable=None``), never a guess.
 
     Args:
       target: the curve.
-      tol: sup-norm log-ratio tolerance (>= 0).
+      delta: sup-norm log-ratio tolerance (>= 0).
       encoder: ``"relu"`` or ``"monotone"``.
       max_tokens: certificates use this many most probable full-support tokens (witness errors
         always use every full-support token).
       use_fit: try :func:`jaxfeat.fit` when the direct relu witness fails (it compiles once per
         shape).
-      fit_kwargs: extra keyword arguments for :func:`jaxfeat.fit`.
+      restarts: restarts of that fit.
+      key: seed of that fit.
 
     Returns:
       :class:`SingleFeatureCheck`.
 
     Example:
       >>> import jaxfeat
-      >>> single_feature_check(jaxfeat.targets.temperature(), tol=1e-3).status
+      >>> single_feature_check(jaxfeat.targets.temperature(), delta=1e-3).status
       'representable'
-      >>> res = single_feature_check(jaxfeat.targets.temperature(nonmonotone=True), tol=0.1)
+      >>> res = single_feature_check(jaxfeat.targets.temperature(nonmonotone=True), delta=0.1)
       >>> res.status, res.certificate.kind, res.certificate.tokens
       ('not_representable', 'reversal', (1, 0))
     """
-    tol = _nonneg(tol, "tol")
+    delta = _validate.nonnegative_float(delta, "delta")
     if encoder not in ("relu", "monotone"):
         raise ValueError(f"encoder={encoder!r} is unknown; use 'relu' or 'monotone'.")
     max_tokens = _validate.positive_int(max_tokens, "max_tokens")
-    fit_kwargs = dict(fit_kwargs or {})
-    if fit_kwargs.pop("activation", "relu") != "relu":
-        raise ValueError(
-            "fit_kwargs sets an activation other than 'relu'; the check is for ReLU "
-            "features, drop the activation from fit_kwargs."
-        )
-    data = _prepare(target)
+    restarts = _validate.positive_int(restarts, "restarts")
+    data = _logratio.prepare(target)
     dtype = target.probs.dtype
 
     def no(cert: Certificate) -> SingleFeatureCheck:
         return SingleFeatureCheck(
-            False, "not_representable", None, float("inf"), cert, tol, encoder
+            False, "not_representable", None, float("inf"), cert, delta, encoder
         )
 
-    tp = turning_point_lower_bound(target, tol, activation="relu", max_tokens=max_tokens)
+    from . import bounds  # not at import time: the bounds build on this module's theorems
+
+    tp = bounds.turning_point_lower_bound(target, delta, activation="relu", max_tokens=max_tokens)
     if tp.moves >= 2:
         y = data.y[:, tp.tokens[0]] - data.y[:, tp.tokens[1]]
         c3 = tuple(int(i) for i in tp.chain[:3])
@@ -1112,14 +826,14 @@ def single_feature_check(
     S = data.full[:max_tokens]
     if len(S) >= 2:
         ys = data.y[:, S] - data.y[:, S].mean(axis=1, keepdims=True)
-        cert = _off_ray(ys, 2 * tol + 4 * _margin(ys, tol))
+        cert = _off_ray(ys, 2 * delta + 4 * _logratio.margin(ys, delta))
         if cert is not None:
             return no(cert)
     if encoder == "relu":
-        pc = piece_count_lower_bound(target, tol, max_tokens=max_tokens)
-        if pc.k >= 2:
+        pc = bounds.piece_count_lower_bound(target, delta, max_tokens=max_tokens)
+        if pc.lower_bound >= 2:
             return no(
-                Certificate("pieces", tuple(int(b) for b in pc.blocks[:, 0]), (), float(pc.k))
+                Certificate("pieces", tuple(int(b) for b in pc.blocks[:, 0]), (), float(pc.lower_bound))
             )
     found = _ray_witness(data, dtype) if len(data.full) >= 2 else None
     if found is None:  # fewer than two full-support tokens: nothing to match
@@ -1135,22 +849,20 @@ def single_feature_check(
                 jnp.zeros(1, dtype),
                 jnp.zeros(1, dtype),
             )
-        return SingleFeatureCheck(True, "representable", wit, 0.0, None, tol, encoder)
+        return SingleFeatureCheck(True, "representable", wit, 0.0, None, delta, encoder)
     ray_wit, ray_err, ray, a_raw = found
     candidates: list[tuple[Features | RayWitness, float]] = []
     if encoder == "monotone":
         candidates.append((ray_wit, ray_err))
     else:
         candidates.append(_relu_witness(data, ray, a_raw, dtype))
-        if candidates[-1][1] > tol and use_fit:
-            from ._fit import fit
-
-            res = fit(target, 1, **fit_kwargs)
+        if candidates[-1][1] > delta and use_fit:
+            res = fit(target, 1, restarts=restarts, key=key)
             candidates.append((res.params, _features_error(data, res.params)))
     witness, err = min(candidates, key=lambda x: x[1])
-    if err <= tol:
-        return SingleFeatureCheck(True, "representable", witness, err, None, tol, encoder)
-    return SingleFeatureCheck(None, "undecided", None, float("inf"), None, tol, encoder)
+    if err <= delta:
+        return SingleFeatureCheck(True, "representable", witness, err, None, delta, encoder)
+    return SingleFeatureCheck(None, "undecided", None, float("inf"), None, delta, encoder)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1252,7 +964,7 @@ def zigzag_features(
     Example:
       >>> import jax.numpy as jnp
       >>> t = jnp.linspace(0.0, 1.0, 101)
-      >>> turning_points(log_ratio(zigzag_features(4), 1, 0, t=t), tol=1e-4)
+      >>> turning_points(log_ratio(zigzag_features(4), 1, 0, t=t), threshold=1e-4)
       4
     """
     k = _validate.positive_int(k, "k")

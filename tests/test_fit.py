@@ -14,6 +14,8 @@ import optax
 import pytest
 
 import jaxfeat
+import jaxfeat._hinge
+import jaxfeat._solver
 from jaxfeat import targets
 
 from .helpers import random_features
@@ -88,12 +90,12 @@ def test_fit_batch_equals_individual_fits():
 def test_a_k_sweep_compiles_once():
     tgt = targets.oscillating(1, n=N)
     jaxfeat.fit(tgt, 2, **SMALL)
-    size = jaxfeat._fit._fit_kernel._cache_size()
+    size = jaxfeat._solver.fit_kernel._cache_size()
     for k in (1, 3, 4):
         res = jaxfeat.fit(tgt, k, **SMALL)
         assert res.params.l.shape == (k, 3)
     jaxfeat.fit(targets.oscillating(2, n=N), 4, **SMALL)
-    assert jaxfeat._fit._fit_kernel._cache_size() == size
+    assert jaxfeat._solver.fit_kernel._cache_size() == size
 
 
 def test_masked_slots_are_inert():
@@ -117,8 +119,9 @@ def test_work_queue_result_does_not_depend_on_the_lane_count():
     keys = jax.random.split(jax.random.key(0), 3)
     ks = jnp.array([2, 3, 4])
     knots = jnp.full((3, SMALL["k_max"]), jnp.nan)
-    kernel = jaxfeat._fit._fit_kernel
-    kw = dict(activation="relu", max_steps=200, optimizer=None, use_lm=True, **SMALL)
+    kernel = jaxfeat._solver.fit_kernel
+    kw = dict(activation="relu", max_steps=200, optimizer=None, use_lm=True,
+              solver=jaxfeat.SolverSettings(), **SMALL)
     runs = {n: kernel(u, probs, ks, keys, knots, lanes=n, **kw) for n in (1, 5, 12)}
     one = runs[1]
     assert np.all(np.asarray(one.phase) == 4)  # every member ran to the end
@@ -242,7 +245,7 @@ def test_portable_cholesky_matches_lapack():
     A = jax.random.normal(jax.random.key(0), (6, 35, 35))
     H = A @ jnp.swapaxes(A, 1, 2) + 0.1 * jnp.eye(35)
     g = jax.random.normal(jax.random.key(1), (6, 35, 3))
-    x = jax.vmap(jaxfeat._fit._spd_solve)(H, g)
+    x = jax.vmap(jaxfeat._hinge.spd_solve)(H, g)
     np.testing.assert_allclose(H @ x, g, rtol=1e-3, atol=1e-3)
     lapack = jax.scipy.linalg.cho_solve(jax.scipy.linalg.cho_factor(H, lower=True), g)
     np.testing.assert_allclose(x, lapack, rtol=1e-3, atol=1e-4)

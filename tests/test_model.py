@@ -52,12 +52,31 @@ def test_kl_gradient_is_finite_at_zero_target_probabilities():
     assert np.all(np.isfinite(g_z))
 
 
-def test_kl_rejects_wrong_answer_when_model_is_off():
-    # The same comparison used above fails for a deliberately wrong KL (no 0 log 0 convention).
-    p = np.array([[0.0, 0.5, 0.5]])
-    q = np.array([[0.2, 0.4, 0.4]])
-    wrong = np.sum(p * (np.log(p + 1e-3) - np.log(q)), axis=-1)
-    assert not np.allclose(wrong, numpy_kl(p, q), rtol=1e-4, atol=1e-6)
+def test_kl_and_mean_kl_match_hand_and_numpy_values_with_zero_targets():
+    # p = (0, 1/2, 1/2), q = (1/5, 2/5, 2/5): KL = 2 * 1/2 * log((1/2) / (2/5)) = log(5/4), the
+    # zero entry contributing nothing (0 log 0 = 0).
+    p = np.array([0.0, 0.5, 0.5])
+    q = np.array([0.2, 0.4, 0.4])
+    got = jaxfeat.kl(jnp.asarray(p, jnp.float32), jnp.log(jnp.asarray(q, jnp.float32)))
+    np.testing.assert_allclose(got, np.log(1.25), rtol=1e-6)
+    # The comparison is tight enough to reject a KL that smooths log p instead of using 0 log 0.
+    smoothed = np.sum(p * (np.log(p + 1e-3) - np.log(q)))
+    assert not np.allclose(smoothed, np.log(1.25), rtol=1e-4, atol=1e-6)
+
+    # mean_kl of a model against rows with zeros, versus a NumPy softmax of the NumPy logits.
+    prm = random_features(3, k=2, vocab=3)
+    t = np.asarray(T_GRID, np.float64)
+    a = np.maximum(t[:, None] * np.asarray(prm.w) + np.asarray(prm.b), 0)
+    np.testing.assert_allclose(jaxfeat.activations(prm, T_GRID), a, rtol=1e-5, atol=1e-6)
+    z = np.asarray(prm.c) + a @ np.asarray(prm.l)
+    q_model = np.exp(z - z.max(1, keepdims=True))
+    q_model /= q_model.sum(1, keepdims=True)
+    np.testing.assert_allclose(jaxfeat.probs(prm, T_GRID), q_model, rtol=1e-5, atol=1e-7)
+    target = np.tile(p, (len(t), 1))
+    target[::2] = [0.6, 0.4, 0.0]
+    expected = numpy_kl(target, q_model).mean()
+    got = jaxfeat.mean_kl(prm, T_GRID, jnp.asarray(target, jnp.float32))
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize("activation", ["relu", "softplus"])

@@ -12,6 +12,7 @@ import pytest
 from scipy.optimize import linprog
 
 import jaxfeat
+from jaxfeat import bounds
 from jaxfeat import theory as th
 
 T_FINE = np.linspace(0.0, 1.0, 257)
@@ -96,7 +97,7 @@ def test_token_peak_activation_jit_vmap_no_recompile():
     ],
 )
 def test_turning_points_definition(y, tol, expected):
-    assert th.turning_points(y, tol) == expected
+    assert th.turning_points(y, threshold=tol) == expected
 
 
 def test_turning_points_columns():
@@ -120,10 +121,10 @@ def test_max_turning_points_two_relu_features_never_turn_twice():
 @pytest.mark.parametrize("k", [1, 2, 3, 4, 5, 6])
 def test_zigzag_bounds_are_tight(k):
     tgt = _model_target(th.zigzag_features(k, vocab=4, j=2, m=3))
-    tp = th.turning_point_lower_bound(tgt, 1e-3)
-    pc = th.piece_count_lower_bound(tgt, 1e-3)
-    assert tp.k == k
-    assert pc.k == k
+    tp = bounds.turning_point_lower_bound(tgt, 1e-3)
+    pc = bounds.piece_count_lower_bound(tgt, 1e-3)
+    assert tp.lower_bound == k
+    assert pc.lower_bound == k
     # the chain is a real witness: alternating increments larger than 2 delta
     y = np.log(np.asarray(tgt.probs, np.float64))
     r = y[:, tp.tokens[0]] - y[:, tp.tokens[1]]
@@ -151,7 +152,7 @@ def test_piece_count_blocks_match_an_lp(seed):
     z = np.stack([np.zeros_like(t), np.sin(6 * t + rng.uniform(0, 3)), 0.5 * np.cos(9 * t)], 1)
     tgt = _target(t, z)
     delta = 0.02
-    res = th.piece_count_lower_bound(tgt, delta, pair_tokens=1)  # centred coordinates only
+    res = bounds.piece_count_lower_bound(tgt, delta, pair_tokens=1)  # centred coordinates only
     y = np.log(np.asarray(tgt.probs, np.float64))
     yc = y - y.mean(1, keepdims=True)
     assert res.blocks[0, 0] == 0 and res.blocks[-1, 1] == len(t) - 1
@@ -160,7 +161,7 @@ def test_piece_count_blocks_match_an_lp(seed):
         assert _affine_fit_feasible(t[s : e + 1], yc[s : e + 1], delta * (1 + 1e-7))
         if e + 1 < len(t):  # maximal: one more point is infeasible
             assert not _affine_fit_feasible(t[s : e + 2], yc[s : e + 2], delta * (1 - 1e-7))
-    assert res.k == len(res.blocks) - 1 == len(res.breaks)
+    assert res.lower_bound == len(res.blocks) - 1 == len(res.breaks)
 
 
 def test_bounds_ignore_zero_probability_tokens():
@@ -168,9 +169,9 @@ def test_bounds_ignore_zero_probability_tokens():
     bump = 0.4 * np.sin(7 * t) ** 2
     p = np.stack([np.full_like(t, 0.5), 0.5 - bump, bump], 1)
     tgt = jaxfeat.Target(t, p / p.sum(1, keepdims=True))
-    tp = th.turning_point_lower_bound(tgt, 0.01)
+    tp = bounds.turning_point_lower_bound(tgt, 0.01)
     assert tp.tokens is not None and 2 not in tp.tokens  # token 2 hits zero
-    assert th.turning_point_lower_bound(jaxfeat.Target(t, np.tile([1.0, 0.0], (50, 1))), 0.1).k == 0
+    assert bounds.turning_point_lower_bound(jaxfeat.Target(t, np.tile([1.0, 0.0], (50, 1))), 0.1).lower_bound == 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -229,13 +230,13 @@ def test_single_feature_check_falls_back_to_fit(monkeypatch):
 
     # the direct witness fails: the check must ask fit and verify its witness itself
     monkeypatch.setattr(th, "_relu_witness", lambda *args: (good, np.inf))
-    monkeypatch.setattr(jaxfeat._fit, "fit", fake_fit)
-    res = th.single_feature_check(tgt, 1e-3, fit_kwargs={"restarts": 2})
-    assert calls == [(1, {"restarts": 2})]
+    monkeypatch.setattr(th, "fit", fake_fit)
+    res = th.single_feature_check(tgt, 1e-3, restarts=2)
+    assert calls == [(1, {"restarts": 2, "key": 0})]
     assert res.representable is True and res.witness is good and res.error <= 1e-3
     # a fit witness that is not within tol is not accepted
     bad = good._replace(l=good.l * 1.1)
-    monkeypatch.setattr(jaxfeat._fit, "fit", lambda target, k, **kw: SimpleNamespace(params=bad))
+    monkeypatch.setattr(th, "fit", lambda target, k, **kw: SimpleNamespace(params=bad))
     assert th.single_feature_check(tgt, 1e-3).status == "undecided"
 
 
@@ -259,25 +260,21 @@ def test_single_feature_check_falls_back_to_fit(monkeypatch):
         (lambda: th.ignored_bias_bounds(jnp.zeros((2, 2))), "c must be a"),
         (lambda: th.token_peak_activation(jnp.zeros(3), jnp.zeros(2), 0), "both be"),
         (lambda: th.turning_points([0.0, np.nan]), "NaN"),
-        (lambda: th.turning_points([0.0, 1.0], tol=-1), "tol"),
+        (lambda: th.turning_points([0.0, 1.0], threshold=-1), "threshold"),
         (lambda: th.max_turning_points(2, "softplus"), "piecewise-affine"),
         (lambda: th.max_turning_points(-1), "k=-1"),
-        (lambda: th.turning_point_lower_bound(np.ones((3, 2)) / 2, 0.1), "jaxfeat.Target"),
-        (lambda: th.turning_point_lower_bound(jaxfeat.targets.temperature(), -0.1), "delta"),
+        (lambda: bounds.turning_point_lower_bound(np.ones((3, 2)) / 2, 0.1), "jaxfeat.Target"),
+        (lambda: bounds.turning_point_lower_bound(jaxfeat.targets.temperature(), -0.1), "delta"),
         (
-            lambda: th.piece_count_lower_bound(jaxfeat.targets.temperature(), 0.1, max_tokens=0),
+            lambda: bounds.piece_count_lower_bound(jaxfeat.targets.temperature(), 0.1, max_tokens=0),
             "max_tokens",
         ),
         (
             lambda: th.single_feature_check(jaxfeat.targets.temperature(), 0.1, "softplus"),
             "encoder",
         ),
-        (
-            lambda: th.single_feature_check(
-                jaxfeat.targets.temperature(), 0.1, fit_kwargs={"activation": "softplus"}
-            ),
-            "fit_kwargs",
-        ),
+        (lambda: th.single_feature_check(jaxfeat.targets.temperature(), -0.1), "delta"),
+        (lambda: th.single_feature_check(jaxfeat.targets.temperature(), 0.1, restarts=0), "restarts"),
         (
             lambda: th.sup_log_ratio_error(jaxfeat.targets.temperature(), np.zeros((3, 3))),
             "must match",

@@ -9,6 +9,7 @@ Shapes come from a small fixed set (JIT compiles once per shape); float32 draws 
 and no subnormals; float64 variants run only when ``jax_enable_x64`` is on.
 """
 
+import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,6 +19,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import jaxfeat
+from jaxfeat import bounds
 from jaxfeat import theory as th
 
 EPS32 = float(np.finfo(np.float32).eps)
@@ -220,7 +222,7 @@ def unimodality_violation(logp, scale):
     """> 1 when log P_j on a uniform grid has a positive second difference beyond rounding (not
     concave), or more than one turning point beyond rounding (not unimodal)."""
     logp = np.asarray(logp, np.float64)
-    if th.turning_points(logp, tol=scale) > 1:
+    if th.turning_points(logp, threshold=scale) > 1:
         return np.inf
     return np.max(np.diff(logp, 2), initial=0.0) / scale
 
@@ -361,7 +363,7 @@ def turning_excess(z, k, tol):
     else:
         jj = np.concatenate([np.arange(1, V), np.arange(2, V)])
         mm = np.concatenate([np.zeros(V - 1, int), np.ones(V - 2, int)])
-    return int(np.max(th.turning_points(z[:, jj] - z[:, mm], tol))) - th.max_turning_points(k)
+    return int(np.max(th.turning_points(z[:, jj] - z[:, mm], threshold=tol))) - th.max_turning_points(k)
 
 
 def random_relu(rng, k, V, knot_range=1.2):
@@ -395,7 +397,7 @@ def test_zigzag_reaches_max_turning_points(k, V, data, slope, gaps):
     t = jnp.linspace(0.0, 1.0, 257)
     r = th.log_ratio(padded(p._replace(c=jnp.asarray(c))), j, m, t=t)
     tol = 64 * EPS32 * (1 + float(jnp.abs(r).max()) + 8 * slope)
-    assert th.turning_points(r, tol) == th.max_turning_points(k)
+    assert th.turning_points(r, threshold=tol) == th.max_turning_points(k)
 
 
 def test_counter_extra_kinks_exceed_the_bound():
@@ -477,7 +479,7 @@ REPS = 6
 def bound_excess(bound, target, delta, k):
     """How far a certified lower bound exceeds the true k of a model within delta (> 0 is a
     violation: the bound is unsound)."""
-    return bound(target, delta).k - k
+    return bound(target, delta).lower_bound - k
 
 
 def noisy_models(seed, V, k, delta, signs):
@@ -506,8 +508,8 @@ def test_lower_bounds_are_sound(V, k, seed, log_delta, signs):
     delta = 10.0 ** float(log_delta)
     for target, z in noisy_models(seed, V, k, delta, signs):
         assert th.sup_log_ratio_error(target, z) < delta  # the model is within delta
-        assert bound_excess(th.turning_point_lower_bound, target, delta, k) <= 0
-        assert bound_excess(th.piece_count_lower_bound, target, delta, k) <= 0
+        assert bound_excess(bounds.turning_point_lower_bound, target, delta, k) <= 0
+        assert bound_excess(bounds.piece_count_lower_bound, target, delta, k) <= 0
         if k == 1:  # a single feature within delta exists: never certified impossible
             assert th.single_feature_check(target, delta, use_fit=False).representable is not False
 
@@ -515,17 +517,16 @@ def test_lower_bounds_are_sound(V, k, seed, log_delta, signs):
 def test_counter_bounds_with_shrunk_delta_are_caught():
     delta = 0.01
     target, _ = next(noisy_models(0, 3, 1, delta, signs=True))
-    for bound in (th.turning_point_lower_bound, th.piece_count_lower_bound):
+    for bound in (bounds.turning_point_lower_bound, bounds.piece_count_lower_bound):
         assert bound_excess(bound, target, delta, 1) <= 0
         assert bound_excess(bound, target, delta / 50, 1) > 0
 
     # a bound that forgets the "- 1" (n alternating moves certify only n - 1 turning points)
     def off_by_one(tg, d):
-        return th.turning_point_lower_bound(tg, d)._replace(
-            k=th.turning_point_lower_bound(tg, d).moves
-        )
+        res = bounds.turning_point_lower_bound(tg, d)
+        return dataclasses.replace(res, lower_bound=res.moves)
 
-    assert bound_excess(th.turning_point_lower_bound, _zigzag_target(4), delta, 4) <= 0
+    assert bound_excess(bounds.turning_point_lower_bound, _zigzag_target(4), delta, 4) <= 0
     assert bound_excess(off_by_one, _zigzag_target(4), delta, 4) > 0
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from jaxfeat import _experiments as ex
-from jaxfeat import _plots
-from jaxfeat._sweep import ResultsStore, row_id
+from jaxfeat.experiments import sweeps as ex
+from jaxfeat.experiments import plots as _plots
+from jaxfeat.experiments.store import ResultsStore, row_id
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -17,14 +17,15 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from jaxfeat import Features, _sweep
-from jaxfeat import _experiments as ex
-from jaxfeat._sweep import ResultsStore, row_id
+from jaxfeat import Features
+from jaxfeat.experiments import store as _sweep
+from jaxfeat.experiments import sweeps as ex
+from jaxfeat.experiments.store import ResultsStore, row_id
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # Subprocesses load the store's module file on its own: it needs only the standard library, and
 # skipping the JAX import keeps each start well under a second.
-_STORE_FILE = ROOT / "jaxfeat" / "_sweep.py"
+_STORE_FILE = ROOT / "jaxfeat" / "experiments" / "store.py"
 _LOAD_STORE = textwrap.dedent(f"""
     import importlib.util
     _spec = importlib.util.spec_from_file_location("_sweep", {str(_STORE_FILE)!r})
@@ -110,7 +111,7 @@ def test_row_id_stable_and_order_free():
 
 def test_job_ids_are_the_same_in_a_new_process():
     ids = [job.id for job in ex.jobs("tolerance", ex.FULL)]
-    code = ("from jaxfeat import _experiments as ex; "
+    code = ("from jaxfeat.experiments import sweeps as ex; "
             "print([j.id for j in ex.jobs('tolerance', ex.FULL)])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=ROOT)
@@ -253,14 +254,12 @@ def test_kill_mid_sweep_and_resume(tmp_path):
     assert all(r["square"] == int(r["id"].split("=")[1]) ** 2 for r in rows)
 
 
-def test_progress_line(capsys):
-    bar = _sweep.Progress(3, "demo", initial=1)
-    bar.update(1, "m=2")
-    bar.close()
+def test_progress_bar_reports_rows(tmp_path, capsys):
+    ex.run_sweep("oscillations", tmp_path, TINY, counter=FakeCounter(), progress=True)
     err = capsys.readouterr().err
-    assert "demo" in err and "2/3" in err and "m=2" in err
-    silent = _sweep.Progress(3, "demo", stream=None)
-    silent.update(3)
+    n = len(ex.jobs("oscillations", TINY))
+    assert "oscillations (tiny)" in err and f"{n}/{n}" in err
+    ex.run_sweep("oscillations", tmp_path, TINY, counter=FakeCounter(), progress=False, fresh=True)
     assert capsys.readouterr().err == ""
 
 
@@ -289,7 +288,7 @@ def fake_fit_ks(target, ks, *, restarts, max_steps, key, activation):
 
 
 def test_tiny_sweeps_end_to_end_and_resume(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr("jaxfeat._fit.fit_ks", fake_fit_ks)
+    monkeypatch.setattr("jaxfeat.fit_ks", fake_fit_ks)
     fake = FakeCounter()
 
     paths = ex.run_sweeps(tmp_path, TINY, counter=fake)
@@ -323,9 +322,9 @@ def test_tiny_sweeps_end_to_end_and_resume(tmp_path, capsys, monkeypatch):
 def test_runner_killed_mid_sweep_resumes(tmp_path):
     code = textwrap.dedent(f"""
         import sys
-        sys.path.insert(0, {str(ROOT / "tests")!r})
-        from test_sweep import FakeCounter, TINY
-        from jaxfeat import _experiments as ex
+        sys.path.insert(0, {str(ROOT / "tests" / "experiments")!r})
+        from test_sweeps import FakeCounter, TINY
+        from jaxfeat.experiments import sweeps as ex
         ex.run_sweep("oscillations", {str(tmp_path)!r}, TINY, counter=FakeCounter(delay=0.3),
                      progress=False)
     """)

@@ -19,24 +19,24 @@ def reproduce(
 
     Sweeps resume from the results files already in ``results_dir`` unless ``fresh`` is set.
     """
-    from . import _experiments, _plots, _seed
+    from . import plots, seed, sweeps
 
     start = time.perf_counter()
     mode = "full" if full else "quick"
     figs = Path(figures_dir)
     res = Path(results_dir or f"benchmarks/results/feature_count_{mode}")
     print("jaxfeat reproduce: the seed's examples (1 and 2 ReLU features)", flush=True)
-    seed = _seed.seed_fits()
-    print(_seed.seed_table(seed), flush=True)
+    seed = seed.seed_fits()
+    print(seed.seed_table(seed), flush=True)
     written = [
-        _seed.figure_html(seed, figs / "fig1_html_closing_tag.png"),
-        _seed.figure_temperature(seed, figs / "fig2_temperature.png"),
+        seed.figure_html(seed, figs / "fig1_html_closing_tag.png"),
+        seed.figure_temperature(seed, figs / "fig2_temperature.png"),
     ]
     print(f"\nFeature-count sweeps ({mode} mode; results in {res})", flush=True)
-    _experiments.run_sweeps(res, mode, fresh=fresh)
-    summary = _experiments.summarize(res)
+    sweeps.run_sweeps(res, mode, fresh=fresh)
+    summary = sweeps.summarize(res)
     print(summary.text, flush=True)
-    written += _plots.plot_all(res, figs)
+    written += plots.plot_all(res, figs)
     print("\nFigures:\n" + "\n".join(f"  {p}" for p in written))
     print(f"\nDone in {time.perf_counter() - start:.0f} s.")
     return 0

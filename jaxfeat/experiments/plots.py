@@ -18,7 +18,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
-from ._experiments import (
+from .sweeps import (
     THEORY_TOL_SLOPE,
     UNCONSTRAINED,
     k_per_m_stats,
@@ -312,7 +312,7 @@ def _fit_curves(row: Mapping[str, Any]) -> tuple[Any, np.ndarray, np.ndarray]:
     """(target, t, model probabilities (T, V)) of a stored fit."""
     import jax.numpy as jnp
 
-    from ._model import Features, probs
+    from jaxfeat import Features, probs
 
     tgt = make_target(row["target"])
     prm = Features(*(jnp.asarray(row["params"][n], tgt.probs.dtype)
@@ -396,7 +396,7 @@ def coupled_features_figure(rows: Rows, k: int | None = None) -> Figure:
     """
     import jax.numpy as jnp
 
-    from ._model import Features, activations
+    from jaxfeat import Features, activations
 
     by_k = {r["k"]: r for r in rows}
     if k is None:

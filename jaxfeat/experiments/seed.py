@@ -11,10 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from . import targets
-from ._fit import FitResult, fit_ks
-from ._model import probs
-from ._target import Target
+from jaxfeat import FitResult, Target, fit_ks, probs, targets
 
 TEMPERATURE_LEVELS = (8.0, 18.0, 28.0)
 

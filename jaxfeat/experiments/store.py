@@ -17,7 +17,6 @@ import json
 import math
 import os
 import platform
-import sys
 import tempfile
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -106,7 +105,7 @@ def environment() -> dict[str, Any]:
     import jax
     import numpy as np
 
-    from . import __version__
+    from jaxfeat import __version__
 
     try:
         import jaxlib
@@ -309,55 +308,3 @@ def load(path: str | os.PathLike) -> dict[str, Any] | None:
 
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
-
-
-class Progress:
-    """A one-line text progress report on stderr (a self-updating line on a terminal).
-
-    Args:
-      total: number of rows to run.
-      label: what is running, printed first.
-      stream: where to write (default ``sys.stderr``); ``None`` silences it.
-      initial: rows already done (a resumed sweep).
-
-    Example:
-      >>> import io
-      >>> buf = io.StringIO()
-      >>> bar = Progress(2, "demo", stream=buf)
-      >>> bar.update(1, "m=1"); bar.close()
-      >>> "demo" in buf.getvalue() and "1/2" in buf.getvalue()
-      True
-    """
-
-    def __init__(self, total: int, label: str, stream: Any = "stderr", initial: int = 0) -> None:
-        self.total = total
-        self.label = label
-        self.stream = sys.stderr if stream == "stderr" else stream
-        self.done = initial
-        self.start = time.perf_counter()
-        self._tty = bool(getattr(self.stream, "isatty", lambda: False)())
-        self._width = 0
-
-    def update(self, n: int = 1, note: str = "") -> None:
-        """Marks ``n`` more rows as done; ``note`` describes the last one."""
-        self.done += n
-        if self.stream is None:
-            return
-        elapsed = time.perf_counter() - self.start
-        frac = self.done / self.total if self.total else 1.0
-        bar = "#" * round(20 * frac) + "-" * (20 - round(20 * frac))
-        eta = f", ~{elapsed / frac - elapsed:.0f}s left" if 0 < frac < 1 else ""
-        line = f"{self.label} [{bar}] {self.done}/{self.total} {elapsed:.0f}s{eta} {note}".rstrip()
-        if self._tty:
-            pad = max(self._width - len(line), 0)
-            self.stream.write("\r" + line + " " * pad)
-            self._width = len(line)
-        else:
-            self.stream.write(line + "\n")
-        self.stream.flush()
-
-    def close(self) -> None:
-        """Ends the line on a terminal."""
-        if self.stream is not None and self._tty:
-            self.stream.write("\n")
-            self.stream.flush()

@@ -14,7 +14,7 @@ Sweeps (``SWEEPS``):
 * ``tolerance``: log-spaced tolerances for m in {1, 2, 4} (theory: k ~ tol^(-1/4)).
 * ``vocabulary``: ``tuning_curves`` and ``random_smooth`` with V from 3 to 64.
 * ``encoders``: relu, jumprelu and softplus, next to the unconstrained-encoder count (the affine
-  rank of the centred log-probability path, :func:`affine_rank`).
+  rank of the centred log-probability path, :func:`jaxfeat.affine_rank`).
 * ``examples``: the seed's examples: the HTML tag (one feature) and the temperatures (monotone: one;
   non-monotone: more).
 * ``temperature_fits``: the best 1-, 2- and 3-feature fits of the non-monotone temperature
@@ -31,10 +31,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
-from . import targets as _targets
-from ._sweep import Progress, ResultsStore, load, row_id
-from ._target import Target
+import jaxfeat
+from jaxfeat import Target, affine_rank
+from jaxfeat import targets as _targets
+
+from .store import ResultsStore, load, row_id
 
 SWEEPS = ("oscillations", "tolerance", "vocabulary", "encoders", "examples", "temperature_fits")
 THEORY_TOL_SLOPE = -0.25
@@ -203,53 +206,6 @@ def target_label(spec: Mapping[str, Any]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# The unconstrained-encoder count
-
-
-def affine_rank(target: Target, tol: float | None = None) -> int:
-    r"""Feature count with unconstrained encoders: the affine rank of the log-probability path.
-
-    With encoders free to be any function of t, k features reach exactly the paths whose centred
-    log-probabilities lie in a k-dimensional affine subspace. Let ``X`` be the (T, V) matrix of
-    log-probabilities with each row centred over tokens and then the mean row subtracted, and
-    :math:`\sigma_1 \ge \sigma_2 \ge \dots` its singular values. Since ``KL(p || softmax(z + d))
-    ~ d^T (diag p - p p^T) d / 2`` and that matrix is at most 1/2 in operator norm, truncating to
-    rank r costs a mean KL of at most about :math:`\sum_{i > r} \sigma_i^2 / (4T)`. The count is the
-    smallest r that brings this below ``tol``: a second-order upper estimate, never more than
-    ``min(V, T) - 1``. With ``tol=None`` it is the numerical rank at machine precision.
-
-    Args:
-      target: the curve.
-      tol: mean-KL tolerance in nats, or ``None``.
-
-    Returns:
-      The rank r.
-
-    Example:
-      >>> import jaxfeat
-      >>> affine_rank(jaxfeat.targets.temperature())  # a straight logit ray
-      1
-      >>> osc = jaxfeat.targets.oscillating(1, n=64)  # logits (0, 3 sin, 2 cos): a planar loop
-      >>> affine_rank(osc), affine_rank(osc, tol=0.5)
-      (2, 1)
-    """
-    p = np.asarray(target.probs, np.float64)
-    logp = np.log(np.maximum(p, 1e-300))
-    # Tokens far below the most likely one carry no KL weight; clipping keeps log 0 finite.
-    logp = np.maximum(logp, logp.max(axis=1, keepdims=True) - 30.0)
-    X = logp - logp.mean(axis=1, keepdims=True)
-    X = X - X.mean(axis=0)
-    s = np.linalg.svd(X, compute_uv=False)
-    if s.size == 0 or s[0] == 0:
-        return 0
-    if tol is None:
-        eps = np.finfo(np.asarray(target.probs).dtype).eps
-        return int(np.sum(s > s[0] * max(X.shape) * eps * 10))
-    tail = np.concatenate([np.cumsum((s**2)[::-1])[::-1], [0.0]])  # tail[r] = sum_{i >= r} s_i^2
-    return int(np.argmax(tail / (4 * X.shape[0]) <= tol))
-
-
-# ---------------------------------------------------------------------------------------------
 # Jobs
 
 
@@ -305,9 +261,7 @@ def jobs(sweep: str, settings: Settings) -> list[_Job]:
 
 
 def _default_counter() -> Any:
-    from . import _count
-
-    return _count
+    return jaxfeat
 
 
 def _to_list(x: Any) -> list[float | None] | None:
@@ -377,11 +331,9 @@ def _rank_row(job: _Job, tgt: Target) -> dict[str, Any]:
 
 
 def _fit_rows(group: Sequence[_Job], tgt: Target, s: Settings) -> list[dict[str, Any]]:
-    from ._fit import fit_ks
-
     ks = [job.k for job in group]
     start = time.perf_counter()
-    results = fit_ks(tgt, ks, restarts=s.fit_restarts, max_steps=s.max_steps, key=s.key,
+    results = jaxfeat.fit_ks(tgt, ks, restarts=s.fit_restarts, max_steps=s.max_steps, key=s.key,
                      activation=group[0].activation)
     seconds = time.perf_counter() - start
     return [{
@@ -463,8 +415,8 @@ def run_sweep(
     if counter is None and any(j.k is None and j.activation != UNCONSTRAINED for j in todo):
         counter = _default_counter()
     built = {job.id: make_target(job.spec) for job in todo}
-    bar = Progress(len(todo_all), f"{sweep} ({s.mode})", stream="stderr" if progress else None,
-                   initial=len(todo_all) - len(todo))
+    bar = tqdm(total=len(todo_all), initial=len(todo_all) - len(todo), desc=f"{sweep} ({s.mode})",
+               unit="row", disable=not progress)
     for group in _groups(todo, built, s.batch):
         job0 = group[0]
         if job0.activation == UNCONSTRAINED:
@@ -476,7 +428,8 @@ def run_sweep(
         store.add_many(rows)
         last = rows[-1]
         note = f"{last['label']} k={last['k']}" + (f" tol={last['tol']:g}" if "tol" in last else "")
-        bar.update(len(rows), note)
+        bar.set_postfix_str(note, refresh=False)
+        bar.update(len(rows))
     bar.close()
     return store.path
 

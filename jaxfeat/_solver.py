@@ -1,0 +1,404 @@
+"""The fitting engine's optimisers: damped Gauss-Newton in a work queue, or any optax optimiser.
+
+Every (target, restart) pair is a :class:`~jaxfeat._hinge.Member`. Damped Gauss-Newton
+(Levenberg-Marquardt) moves it with the exact generalised Gauss-Newton matrix
+``J^T (diag q - q q^T) J``, assembled from its Kronecker-structured blocks, through four phases:
+a convex (c, l) solve at fixed knots, a joint stretch, re-seeding of dead features with a second
+convex solve, and a second joint stretch. Members run through a work queue of vmapped lanes, each
+at its own pace (:func:`run_queue`). Large problems or a user-given optax optimiser use a
+first-order loop on the same loss (:func:`optax_run`). :func:`fit_kernel` is the one compiled
+entry point; :mod:`jaxfeat._fit` validates inputs and calls it.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from ._hinge import (
+    Grid,
+    Member,
+    SolverSettings,
+    acts,
+    init_member,
+    log_softmax_q,
+    mean_loss,
+    project,
+    reseed,
+    spd_solve,
+)
+
+
+class Config(NamedTuple):
+    """What one compiled fit fixes: the solver's constants and the per-call step budget."""
+
+    solver: SolverSettings
+    max_steps: int
+    ftol: float  # the solver's stall tolerances for the fit's dtype
+    atol: float
+    lapack: bool = True  # Cholesky through LAPACK; False: plain jnp ops (see spd_solve)
+
+    def phase_steps(self, phase):
+        """Step budget of each LM phase: short convex solves around two joint stretches."""
+        c = self.solver.convex_steps
+        joint = max(self.max_steps - 2 * c, 2)
+        return jnp.array([c, joint // 2, c, joint - joint // 2, 0])[phase]
+
+
+# ---------------------------------------------------------------------------------------------
+# Levenberg-Marquardt step with the exact generalised Gauss-Newton matrix
+
+
+def lm_step(g: Grid, m: Member, p, cfg: Config) -> Member:
+    """One damped Gauss-Newton step of a member, with the exact generalised Gauss-Newton matrix.
+
+    In the convex phases (0, 2) only (c, l) move; in the joint phases (1, 3) the knots (and
+    JumpReLU jump heights or softplus sharpnesses) move with them. A step that does not lower
+    the loss is rejected and the damping raised.
+    """
+    T, V = p.shape
+    k = m.tau.shape[0]
+    K1 = k + 1
+    act = g.activation
+
+    def acts_of(tau, e):
+        return acts(g, tau, e, m.s) * m.mask[:, None]
+
+    a = acts_of(m.tau, m.e)
+    q = jnp.exp(log_softmax_q(m.W, a)).T
+    # The GGN contractions below measured fastest with the grid as the major axis.
+    X = jnp.concatenate([jnp.ones((T, 1), a.dtype), a.T], axis=1)
+    r = (q - p) / T
+    gW = X.T @ r
+    # GGN block for W: sum_t (X_t X_t^T) kron (diag q_t - q_t q_t^T) / T.
+    Y = X[:, :, None] * q[:, None, :]
+    HW = jnp.einsum("ti,tj,tv->ivj", X, X, q) / T
+    HW = (
+        jnp.einsum("ivj,vw->ivjw", HW, jnp.eye(V, dtype=q.dtype))
+        - jnp.einsum("tiv,tjw->ivjw", Y, Y) / T
+    )
+    HW = HW.reshape(K1 * V, K1 * V)
+    frozen_W = jnp.concatenate([jnp.zeros(1, bool), m.mask == 0])
+    # Knots move only in the joint phases; in the others (c, l) solve a convex problem.
+    free_enc = (m.phase == 1) | (m.phase == 3)
+    tangent = jnp.ones_like(m.tau)
+    D = [jax.jvp(lambda tt: acts_of(tt, m.e), (m.tau,), (tangent,))[1]]
+    if act != "relu":
+        D.append(jax.jvp(lambda ee: acts_of(m.tau, ee), (m.e,), (tangent,))[1])
+    D = jnp.concatenate(D, axis=0).T  # (T, nE)
+    L = jnp.concatenate([m.W[1:]] * (D.shape[1] // k), axis=0)  # (nE, V)
+    gE = jnp.einsum("tj,jv,tv->j", D, L, r)
+    Gl = q[:, None, :] * (L[None] - jnp.einsum("tv,jv->tj", q, L)[:, :, None])
+    HWE = jnp.einsum("ti,tj,tjv->ivj", X, D, Gl).reshape(K1 * V, -1) / T
+    HEE = jnp.einsum("tj,tk,tjv,kv->jk", D, D, Gl, L) / T
+    H = jnp.block([[HW, HWE], [HWE.T, HEE]])
+    grad = jnp.concatenate([gW.reshape(-1), gE])
+    frozen_enc = jnp.tile(m.mask == 0, D.shape[1] // k) | ~free_enc
+    if act == "jumprelu":
+        # JumpReLU contains ReLU (zero jumps), but its loss is piecewise constant in where a jump
+        # sits, which traps Gauss-Newton on smooth targets; so half the restarts fit a ReLU first
+        # and grow jumps from that solution, the other half start with visible jumps (which
+        # find real steps in the target).
+        frozen_enc = frozen_enc | ((jnp.arange(2 * k) >= k) & (m.phase < 3) & ~m.jumps_early)
+    frozen = jnp.concatenate([jnp.repeat(frozen_W, V), frozen_enc])
+    d = jnp.diag(H)
+    dmin = 1e-9 * jnp.max(d) + jnp.finfo(d.dtype).tiny
+    damp = m.lam * jnp.maximum(d, dmin) + dmin
+    H = jnp.where(frozen[:, None] | frozen[None, :], 0.0, H)
+    H = H + jnp.diag(jnp.where(frozen, 1.0, damp))
+    grad = jnp.where(frozen, 0.0, grad)
+    if cfg.lapack:
+        delta = jax.scipy.linalg.cho_solve(jax.scipy.linalg.cho_factor(H, lower=True), grad)
+    else:
+        delta = spd_solve(H, grad)
+    W = m.W - delta[: K1 * V].reshape(K1, V)
+    dE = delta[K1 * V :]
+    tau, e = m.tau - dE[:k], m.e
+    if act != "relu":
+        e = e - dE[k:]
+    tau, e = project(g, tau, e, m.s)
+    new_loss = mean_loss(g, W, tau, e, m.s, m.mask, p)
+    accept = jnp.isfinite(new_loss) & (new_loss <= m.loss)
+    pick = lambda new, old: jnp.where(accept, new, old)
+    s = cfg.solver
+    lam = jnp.where(accept, jnp.maximum(m.lam / s.damping_down, s.damping_min),
+                    jnp.minimum(m.lam * s.damping_up, s.damping_max))
+    return advance(
+        m, pick(W, m.W), pick(tau, m.tau), pick(e, m.e), pick(new_loss, m.loss), lam, cfg
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Work queue
+
+
+def advance(m: Member, W, tau, e, loss, lam, cfg: Config) -> Member:
+    """Shared bookkeeping: stall-based convergence over a window, and freezing converged members."""
+    since = m.since_ref + 1
+    check = since >= cfg.solver.window
+    stalled = m.ref_loss - loss <= cfg.ftol * loss + cfg.atol
+    converged = m.converged | (check & stalled)
+    new = m._replace(
+        W=W,
+        tau=tau,
+        e=e,
+        loss=loss,
+        lam=lam,
+        ref_loss=jnp.where(check, loss, m.ref_loss),
+        since_ref=jnp.where(check, 0, since),
+        converged=converged,
+        steps=m.steps + 1,
+    )
+    return where(m.converged, m, new)
+
+
+def reset_progress(m: Member, cfg: Config) -> Member:
+    return m._replace(
+        lam=jnp.full_like(m.lam, cfg.solver.damping),
+        ref_loss=jnp.full_like(m.loss, jnp.inf),
+        since_ref=jnp.zeros_like(m.since_ref),
+        converged=jnp.zeros_like(m.converged),
+    )
+
+
+def run_queue(members: Member, step_fn, reseed_fn, p, lanes: int, restarts: int,
+              cfg: Config) -> Member:
+    """Runs the (n,) initial ``members`` (member i = restart i % R of target i // R) through
+    ``lanes`` vmapped slots of one loop; each member goes through its LM phases at its own pace.
+
+    A member leaves a phase when it has converged or used the phase's step budget; entering
+    phase 2 re-seeds its dead features; after phase 3 it is done (phase 4), its slot stores it
+    and takes the next task. Members need from a few dozen to ``max_steps`` steps, so a slot per
+    member for the whole run would spend most steps on members already done.
+
+    ``step_fn(members, p)`` and ``reseed_fn(members, p)`` act on (lanes,) batches; ``p`` holds
+    each target's probabilities. Returns the (n,) final members.
+    """
+    S = lanes
+    n_tasks = members.loss.shape[0]
+    target_of = lambda task: jnp.minimum(task, n_tasks - 1) // restarts
+
+    def advance_phase(m, entered, pp):
+        nxt = jnp.where(
+            m.converged | (m.steps - entered >= cfg.phase_steps(m.phase)), m.phase + 1, m.phase
+        )
+        nxt = jnp.minimum(nxt, 4)
+        moved = nxt != m.phase
+        m2 = m._replace(phase=nxt)
+        enter2 = moved & (nxt == 2)
+        # Few steps have a member entering phase 2; the others skip re-seeding altogether (the
+        # predicate is loop-wide, so this is a real branch, not a select).
+        m2 = jax.lax.cond(
+            jnp.any(enter2),
+            lambda m2: where(enter2, reseed_fn(m2, pp), m2),
+            lambda m2: m2,
+            m2,
+        )
+        m2 = where(moved & (nxt < 4), reset_progress(m2, cfg), m2)
+        return m2, jnp.where(moved, m.steps, entered)
+
+    def cond(c):
+        return jnp.any(c[0].phase < 4)
+
+    def body(c):
+        ms, entered, task, next_task, results = c
+        pp = p[target_of(task)]
+        active = ms.phase < 4
+        ms = where(active, step_fn(ms, pp), ms)
+        ms, entered = advance_phase(ms, entered, pp)
+        finished = active & (ms.phase == 4)
+        # Finished members are written to their task's row; index n_tasks drops the write.
+        row = jnp.where(finished, task, n_tasks)
+        results = jax.tree.map(lambda r, x: r.at[row].set(x, mode="drop"), results, ms)
+        new_task = next_task + jnp.cumsum(finished) - 1
+        take = finished & (new_task < n_tasks)
+        task = jnp.where(finished, jnp.where(take, new_task, n_tasks), task)
+        fresh = jax.tree.map(lambda r: r[jnp.minimum(task, n_tasks - 1)], results)
+        ms = where(take, fresh, ms)
+        entered = jnp.where(take, 0, entered)
+        return ms, entered, task, jnp.minimum(next_task + jnp.sum(finished), n_tasks), results
+
+    # ``results`` starts as the queue of initial members; a slot reads its member from its row
+    # and writes it back when done.
+    task = jnp.arange(S)
+    state = (jax.tree.map(lambda r: r[:S], members), jnp.zeros(S, jnp.int32), task,
+             jnp.asarray(S), members)
+    return jax.lax.while_loop(cond, body, state)[-1]
+
+
+def where(flag, a, b):
+    """Per-member select between two batched pytrees."""
+    return jax.tree.map(lambda x, y: jnp.where(bcast(flag, x), x, y), a, b)
+
+
+def bcast(flag, x):
+    return flag.reshape(flag.shape + (1,) * (x.ndim - flag.ndim))
+
+
+# ---------------------------------------------------------------------------------------------
+# First-order path (any optax optimiser)
+
+
+def optax_run(g: Grid, members: Member, p, cfg: Config, opt, n_steps: int) -> Member:
+    """Runs every (target, restart) member for up to ``n_steps`` steps of an optax optimiser.
+
+    ``members`` and ``p`` carry a target axis and a restart axis; members stop on the same stall
+    rule as the Gauss-Newton path and keep their last finite iterate.
+    """
+    opt = optax.with_extra_args_support(opt)
+
+    def one(m: Member, p):
+        def loss_fn(x):
+            W, tau, e = x
+            tau, e = project(g, tau, e, m.s)
+            W = W * jnp.concatenate([jnp.ones(1), m.mask])[:, None]
+            return mean_loss(g, W, tau, e, m.s, m.mask, p)
+
+        return loss_fn
+
+    def init(m, p):
+        return opt.init((m.W, m.tau, m.e))
+
+    states = _vm(init)(members, p)
+
+    def step(carry):
+        ms, st = carry
+
+        def upd(m, s, p):
+            fn = one(m, p)
+            x = (m.W, m.tau, m.e)
+            val, grad = jax.value_and_grad(fn)(x)
+            updates, s2 = opt.update(grad, s, x, value=val, grad=grad, value_fn=fn)
+            W, tau, e = optax.apply_updates(x, updates)
+            tau, e = project(g, tau, e, m.s)
+            W = W * jnp.concatenate([jnp.ones(1), m.mask])[:, None]
+            new_loss = fn((W, tau, e))
+            ok = jnp.isfinite(new_loss)
+            new = advance(
+                m,
+                jnp.where(ok, W, m.W),
+                jnp.where(ok, tau, m.tau),
+                jnp.where(ok, e, m.e),
+                jnp.where(ok, new_loss, m.loss),
+                m.lam,
+                cfg,
+            )
+            s2 = where(m.converged, s, s2)
+            return new, s2
+
+        return _vm(upd)(ms, st, p)
+
+    start = members.steps
+
+    def cond(c):
+        ms = c[0]
+        return jnp.any(~ms.converged & (ms.steps - start < n_steps))
+
+    def body(c):
+        new = step(c)
+        done = c[0].steps - start >= n_steps
+        return where(done, c, new)
+
+    return jax.lax.while_loop(cond, body, (members, states))[0]
+
+
+def _vm(fn):
+    """vmap over targets (axis 0) and restarts (axis 1); the target's probs map over axis 0 only."""
+
+    def inner(*args):
+        *ms, p = args
+        return jax.vmap(fn, in_axes=(0,) * len(ms) + (None,))(*ms, p)
+
+    def outer(*args):
+        return jax.vmap(inner)(*args)
+
+    return outer
+
+
+# ---------------------------------------------------------------------------------------------
+# The compiled kernel
+
+
+def lanes_for(n_members: int, T: int, V: int, k_max: int, itemsize: int, platform: str,
+              solver: SolverSettings) -> int:
+    """Work-queue slots of the Gauss-Newton loop on one device (see :class:`SolverSettings`)."""
+    if platform != "cpu":
+        return max(1, min(n_members, solver.accelerator_lanes))
+    per_member = T * (k_max + 1) * V * itemsize
+    return int(np.clip(solver.cpu_lane_bytes // per_member, 1, max(n_members, 1)))
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=(
+        "k_max", "restarts", "activation", "max_steps", "optimizer", "use_lm", "lanes", "solver",
+        "devices",
+    ),
+)
+def fit_kernel(
+    u, p, k_used, keys, init_knots, *, k_max: int, restarts: int, activation: str,
+    max_steps: int, optimizer, use_lm: bool, lanes: int, solver: SolverSettings,
+    devices: tuple = (),
+):
+    """Fits every (target, restart) member; returns the (B, restarts) final members.
+
+    Args:
+      u: (T,) latent rescaled to [0, 1].
+      p: (B, T, V) targets.
+      k_used: (B,) features in use per target (of ``k_max`` slots).
+      keys: (B,) PRNG keys.
+      init_knots: (B, k_max) knots for restart 0 in units of u, NaN where free.
+      k_max, restarts, activation, max_steps: as in :func:`jaxfeat.fit_batch`.
+      optimizer: an ``optax.GradientTransformation`` (used when ``use_lm`` is False).
+      use_lm: damped Gauss-Newton through the work queue of ``lanes`` vmapped slots.
+      lanes: work-queue slots per device.
+      solver: the engine's constants.
+      devices: with more than one device, the target axis (B a multiple of their number) is split
+        over them with ``jax.shard_map``.
+    """
+    dtype = p.dtype
+    f32 = dtype == jnp.float32
+    cfg = Config(
+        solver=solver,
+        max_steps=max_steps,
+        ftol=solver.ftol32 if f32 else solver.ftol64,
+        atol=solver.atol32 if f32 else solver.atol64,
+        lapack=len(devices) <= 1 or jax.default_backend() != "cpu",
+    )
+    g = Grid(u, jnp.asarray(1.0 / (u.shape[0] - 1), dtype), activation)
+    R = restarts
+
+    def init_target(key, k_u, p, knots):
+        ks = jax.random.split(key, R)
+        return jax.vmap(
+            lambda kk, r: init_member(g, kk, r, k_u, k_max, R, p, knots, solver)
+        )(ks, jnp.arange(R))
+
+    def local(p, k_used, keys, knots):
+        B = p.shape[0]
+        members = jax.vmap(init_target)(keys, k_used, p, knots)
+        if not use_lm:
+            return optax_run(g, reset_progress(members, cfg), p, cfg, optimizer, max_steps)
+        members = jax.tree.map(lambda x: x.reshape((B * R, *x.shape[2:])), members)
+        step = jax.vmap(lambda m, pp: lm_step(g, m, pp, cfg))
+        if solver.reseed:
+            reseed_fn = jax.vmap(lambda m, pp: reseed(g, m, pp, solver))
+        else:
+            reseed_fn = lambda m, pp: m
+        out = run_queue(members, step, reseed_fn, p, min(lanes, B * R), R, cfg)
+        return jax.tree.map(lambda x: x.reshape((B, R, *x.shape[1:])), out)
+
+    if len(devices) <= 1:
+        return local(p, k_used, keys, init_knots)
+    # Targets are independent: each device runs its share with no communication (so there is
+    # nothing for shard_map's replication checks to verify).
+    mesh = jax.sharding.Mesh(np.array(devices), ("batch",))
+    spec = jax.sharding.PartitionSpec("batch")
+    return jax.shard_map(local, mesh=mesh, in_specs=spec, out_specs=spec, check_vma=False)(
+        p, k_used, keys, init_knots
+    )

@@ -1,0 +1,656 @@
+r"""Certified lower bounds on the number of features a curve needs.
+
+Every function here returns a frozen dataclass whose ``lower_bound`` is a number of features that
+is *proved* necessary: no model with fewer ReLU (or JumpReLU) features of an affine latent reaches
+the stated accuracy. Two accuracy measures, one name each:
+
+* ``tol``: mean over the grid of ``KL(p(t) || q(t))``, in nats (the fitting loss):
+  :func:`segmentation_lower_bound`.
+* ``delta``: sup-norm log-ratio error,
+  :math:`\max_t \max_{j,m} |\log(q_j/q_m) - \log(p_j/p_m)|` over the tokens with full support,
+  in nats: :func:`turning_point_lower_bound`, :func:`piece_count_lower_bound`.
+
+A model with k such features has logits that are affine in t on at most k + 1 contiguous blocks
+of grid points, and each log-ratio has at most :func:`jaxfeat.theory.max_turning_points` (k)
+turning points; the bounds turn those facts into certificates. The segmentation bound's block
+costs are convex softmax regressions solved by Newton's method in float64 and certified from
+below by a dual feasible point (entropy of distributions whose moments match the target's), so it
+stays a bound, up to floating-point rounding, whatever the solver's accuracy. The sup-norm bounds
+compare log-ratio increments with ``2 delta`` plus a margin of a few hundred float64 ulps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import _logratio, _validate
+from ._target import Target
+from .theory import max_turning_points
+
+
+
+# By default the work is capped at about that of a grid of this many points and 3 tokens: block
+# costs take O(T^3 V^2) work, so longer grids or larger vocabularies are split into interleaved
+# sub-grids, whose summed bounds are still valid (and only slightly weaker).
+AUTO_SUBGRID = 512
+
+# Per grid point of a block, in nats: covers float64 rounding in the certificate (sums of at most a
+# few thousand terms of size <= ~100, each exact to ~1e-16 relative) with a wide margin.
+_ROUNDING = 1e-12
+
+_MAX_NEWTON = 50
+# Newton stops when the squared decrement (twice the predicted decrease) is below this per point
+# of the block: the certificate then loses about that much, far below any useful tolerance.
+_NEWTON_TOL = 1e-12
+# Points x max(V, 8) per compiled chunk of blocks: bounds memory (and the work a chunk's slowest
+# block imposes on the rest), not results.
+_CHUNK_SIZE = 1 << 18
+
+# ---------------------------------------------------------------------------------------------
+# Block costs: softmax regression with soft labels on [1, t], certified from below
+
+
+def _x64():
+    ctx = getattr(jax, "enable_x64", None)
+    if ctx is not None:
+        return ctx(True)
+    from jax.experimental import enable_x64  # older JAX
+
+    return enable_x64()
+
+
+@functools.partial(jax.jit, static_argnames=("max_iter",))
+def _block_kernel(x, p, mask, theta_init, warm, max_iter: int):
+    """Damped Newton for n padded blocks, certified from below by a dual feasible point.
+
+    Args:
+      x: (n, P) latent rescaled to [-1, 1] within each block.
+      p: (n, V, P) target probabilities (rows summing to 1); the grid axis is last so that every
+        per-point operation runs over contiguous memory.
+      mask: (n, P) which of the P slots hold the block's points.
+      theta_init: (n, 2, V) starting (alpha, beta) in the block's own coordinates, used where
+        ``warm`` is set (else least squares on log-probabilities).
+      warm: (n,) bool.
+      max_iter: Newton step limit.
+
+    Returns:
+      ``(primal, dual, theta, iters)``: the objective at the solver's point, the certified lower
+      bound (0 if the certificate failed), the final (alpha, beta), and the number of iterations.
+    """
+    n, V, _ = p.shape
+    dtype = p.dtype
+    m = mask.astype(dtype)[:, None, :]  # (n, 1, P)
+    p = p * m
+    x = x[:, None, :] * m
+    # A token present at only the first (or only the last) point of a block has its optimum at
+    # infinity: its logit slope runs off so that it matches p there and vanishes elsewhere. The
+    # limit is the same problem without that token, the end point weighted by the mass left, so
+    # solve that one (finite, and exactly certifiable) instead.
+    pos = p > 0
+    count = jnp.sum(pos, axis=-1)
+    at = jnp.argmax(pos, axis=-1)
+    last = jnp.sum(mask, axis=-1)[:, None] - 1
+    p = jnp.where(((count == 1) & ((at == 0) | (at == last)))[..., None], 0.0, p)
+    pos = p > 0
+    omega = jnp.sum(p, axis=1, keepdims=True)  # (n, 1, P) point weights, 1 but at block ends
+    pn = p / jnp.where(omega > 0, omega, 1.0)  # rows back on the simplex
+    w = jnp.concatenate([omega, omega * x, omega * x * x], axis=1)  # weights for 1, x, x^2
+    plogp = jnp.sum(jnp.where(pos, p * jnp.log(jnp.where(pos, pn, 1.0)), 0.0), axis=(-2, -1))
+    px = jnp.stack([jnp.sum(p, axis=-1), jnp.sum(p * x, axis=-1)], axis=1)  # (n, 2, V)
+    npts = jnp.sum(omega, axis=(-2, -1))
+    # Tokens absent from the whole block get logit -inf: the infimum sends them there anyway, and
+    # fixing them keeps the certificate exact (their dual entries are exactly 0).
+    present = jnp.any(pos, axis=-1)  # (n, V)
+    pres = present.astype(dtype)
+
+    def logits(theta):
+        return theta[:, 0, :, None] + x * theta[:, 1, :, None]  # (n, V, P)
+
+    # Cold start: least squares on clipped, centred log-probabilities.
+    z0 = jnp.log(jnp.maximum(p, 1e-30))
+    z0 = jnp.maximum(z0, jnp.max(z0, axis=1, keepdims=True) - 30.0)
+    z0 = (z0 - jnp.mean(z0, axis=1, keepdims=True)) * m
+    s0, s1, s2 = (jnp.sum(m * x**k, axis=-1) for k in range(3))
+    b0, b1 = jnp.sum(z0, axis=-1), jnp.sum(z0 * x, axis=-1)  # (n, V)
+    det = s0 * s2 - s1 * s1 + 1e-12
+    theta0 = jnp.stack([(s2 * b0 - s1 * b1) / det, (s0 * b1 - s1 * b0) / det], axis=1)
+    theta0 = jnp.where(warm[:, None, None] & jnp.isfinite(theta_init), theta_init, theta0)
+
+    # Softmax is unchanged by adding a constant to every present token's alpha (or beta): the
+    # Hessian is singular along those two directions, and the gradient is orthogonal to them.
+    # Adding a projector onto them makes the system definite without changing the Newton step.
+    u = pres / jnp.sqrt(jnp.sum(pres, axis=-1, keepdims=True))
+    gauge = jnp.eye(2, dtype=dtype)[None, :, None, :, None] * (
+        u[:, None, :, None, None] * u[:, None, None, None, :])
+    gauge = gauge.reshape(n, 2 * V, 2 * V) + jnp.eye(2 * V, dtype=dtype) * 1e-13
+    # Absent tokens' rows of the Hessian are zero; a unit diagonal there gives them a zero step.
+    gauge = gauge + jax.vmap(jnp.diag)(jnp.tile(1.0 - pres, (1, 2)))
+    eye_v = jnp.eye(V, dtype=dtype)
+    ab = np.array([[0, 1], [1, 2]])  # moment index of Hessian block (a, b): x^(a + b)
+
+    def newton(theta):
+        z = jnp.where(present[..., None], logits(theta), -jnp.inf)
+        zmax = jnp.max(z, axis=1, keepdims=True)
+        e = jnp.exp(z - zmax)
+        s = jnp.sum(e, axis=1, keepdims=True)
+        q = e / s
+        lse = (jnp.log(s) + zmax)[:, 0]
+        f = plogp + jnp.sum(omega[:, 0] * lse, axis=-1) - jnp.sum(px * theta, axis=(-2, -1))
+        M1 = jnp.sum(w[:, :, None, :] * q[:, None], axis=-1)  # (n, 3, V)
+        if V <= 8:  # fused elementwise products are fastest for a small vocabulary
+            M2 = jnp.sum(w[:, :, None, None, :] * (q[:, None, :, None] * q[:, None, None, :]), -1)
+        else:  # a batched matrix product, which never forms the (n, 3, V, V, P) products
+            M2 = jnp.einsum("nkvp,nwp->nkvw", w[:, :, None, :] * q[:, None], q)
+        g = (M1[:, :2] - px).reshape(n, 2 * V)
+        H = M1[:, ab][..., :, None] * eye_v - M2[:, ab]  # (n, 2, 2, V, V)
+        H = H.transpose(0, 1, 3, 2, 4).reshape(n, 2 * V, 2 * V)
+        scale = jnp.trace(H, axis1=-2, axis2=-1)[:, None, None] / (2 * V) + 1e-300
+        Hr = H + scale * gauge
+        # LU, not Cholesky: batched LU is many times faster on CPU for these sizes.
+        step = -jnp.linalg.solve(Hr, g[..., None])[..., 0]
+        dec = -jnp.sum(g * step, axis=-1)  # Newton decrement squared
+        return q, f, step.reshape(n, 2, V), dec
+
+    def cond(state):
+        return jnp.any(~state[4]) & (state[5] < max_iter)
+
+    def body(state):
+        theta, q, f, step, done, it = state
+        q_new, f_new, step_new, dec = newton(theta)
+        keep = lambda old, new: jnp.where(_bcast(done, old), old, new)
+        q, f, step = keep(q, q_new), keep(f, f_new), keep(step, step_new)
+        conv = ~jnp.isfinite(dec) | (dec <= _NEWTON_TOL * npts)
+        # Damped Newton: the third derivative of log-sum-exp along a logit change h is at most
+        # osc(h) times the second, which guarantees a decrease for the step log(1 + r) / r with
+        # r the largest oscillation of the logit step over the block; no line search needed.
+        dz = logits(step_new)
+        osc = (jnp.max(jnp.where(present[..., None], dz, -jnp.inf), axis=1)
+               - jnp.min(jnp.where(present[..., None], dz, jnp.inf), axis=1))
+        r = jnp.max(osc * m[:, 0], axis=-1)
+        eta = jnp.where(r > 1e-8, jnp.log1p(r) / jnp.maximum(r, 1e-8), 1.0)
+        move = ~done & ~conv
+        theta = jnp.where(move[:, None, None], theta + eta[:, None, None] * step_new, theta)
+        return theta, q, f, step, done | conv, it + 1
+
+    init = (theta0, jnp.zeros_like(p), jnp.zeros(n, dtype), jnp.zeros_like(theta0),
+            jnp.zeros(n, bool), jnp.asarray(0))
+    theta, q, f, step, _, iters = jax.lax.while_loop(cond, body, init)
+
+    # Dual certificate: for any q_t on the simplex with sum_t w_t (q_t - p_t) [1, t] = 0,
+    # min_theta f >= sum_t w_t (H(q_t) - H(p_t)). The softmax after a linearised Newton step,
+    # q + F (z-step), satisfies the constraint exactly (up to rounding).
+    dz = logits(step)
+    q1 = q * (1.0 + dz - jnp.sum(q * dz, axis=1, keepdims=True)) * (omega > 0)
+    # Far from convergence q1 can leave the simplex; mixing with the target keeps the constraint
+    # (it is linear and the target satisfies it) and restores q1 >= 0 at the least mixing.
+    neg = q1 < 0
+    need = jnp.where(neg, -q1 / jnp.where(neg, pn - q1, 1.0), 0.0)
+    s = jnp.clip(jnp.max(need, axis=(-2, -1)), 0.0, 1.0)[:, None, None]
+    q2 = jnp.maximum((1.0 - s) * q1 + s * pn, 0.0)
+    pos2 = q2 > 0
+    ent = -jnp.sum(omega * jnp.where(pos2, q2 * jnp.log(jnp.where(pos2, q2, 1.0)), 0.0),
+                   axis=(-2, -1))
+    dual = ent + plogp
+    dual = jnp.where(jnp.isfinite(dual), dual, 0.0)
+    return f, dual, theta, iters
+
+
+def _bcast(flag, x):
+    return flag.reshape(flag.shape + (1,) * (x.ndim - flag.ndim))
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(int(n) - 1, 0).bit_length()
+
+
+def _block_costs(t: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Certified lower bounds and solver values for every block of contiguous grid points.
+
+    Args:
+      t: (T,) increasing grid.
+      p: (T, V) target distributions.
+
+    Returns:
+      ``(lower, primal)``, both (T, T): entry [i, j] is for block i..j (inclusive), ``inf`` for
+      i > j. ``lower`` <= true block minimum <= ``primal`` (blocks of 1 or 2 points are exactly 0).
+    """
+    t = np.asarray(t, np.float64)
+    p = np.asarray(p, np.float64)
+    # Rows must sum to 1 in float64: otherwise the objective drifts along the gauge direction
+    # (adding a constant to every logit) and is unbounded below.
+    p = p / p.sum(axis=1, keepdims=True)
+    T, V = p.shape
+    lower = np.full((T, T), np.inf)
+    primal = np.full((T, T), np.inf)
+    ii = np.arange(T)
+    for L in (1, 2):  # two distributions are interpolated exactly by alpha + beta t
+        lower[ii[: T - L + 1], ii[: T - L + 1] + L - 1] = 0.0
+        primal[ii[: T - L + 1], ii[: T - L + 1] + L - 1] = 0.0
+    if T < 3:
+        return lower, primal
+    # Blocks in order of length, so each can start from the solution for a shorter block with
+    # the same first point (a warm start: two or three Newton steps instead of six or seven).
+    lengths = np.concatenate([np.full(T - L + 1, L) for L in range(3, T + 1)])
+    starts = np.concatenate([np.arange(T - L + 1) for L in range(3, T + 1)])
+    # Blocks are padded to half or all of the grid (rounded up to a power of two, at least 32):
+    # two compiled shapes per grid size (compiling costs more than padding), one for short grids.
+    top = max(_pow2(T), 32)
+    levels = np.array([top // 2, top] if top > 64 else [top])
+    pads = levels[np.searchsorted(levels, lengths)]
+    last = np.full((T, 2, V), np.nan)  # latest solution per first point, as alpha_t + beta_t t
+    with _x64():
+        for P in levels:
+            sel = np.nonzero(pads == P)[0]
+            if sel.size == 0:
+                continue
+            # At least 256 blocks per chunk: short grids of similar length then share one shape.
+            n_chunk = max(1, _CHUNK_SIZE // (P * max(V, 8)))
+            n_chunk = min(n_chunk, max(_pow2(sel.size), 256))
+            for lo in range(0, sel.size, n_chunk):
+                part = sel[lo : lo + n_chunk]
+                i0, L = starts[part], lengths[part]
+                fill = n_chunk - part.size  # pad the last chunk with copies of its first block
+                i0 = np.concatenate([i0, np.full(fill, i0[0])])
+                L = np.concatenate([L, np.full(fill, L[0])])
+                idx = np.minimum(i0[:, None] + np.arange(P), T - 1)
+                mask = np.arange(P) < L[:, None]
+                j0 = i0 + L - 1
+                mid = (t[i0] + t[j0]) / 2
+                half = (t[j0] - t[i0]) / 2
+                x = np.where(mask, (t[idx] - mid[:, None]) / half[:, None], 0.0)
+                prev = last[i0]
+                init = np.stack([prev[:, 0] + prev[:, 1] * mid[:, None],
+                                 prev[:, 1] * half[:, None]], axis=1)
+                warm = np.isfinite(init).all(axis=(1, 2))
+                f, d, theta, _ = _block_kernel(
+                    jnp.asarray(x), jnp.asarray(p[idx].transpose(0, 2, 1)), jnp.asarray(mask),
+                    jnp.asarray(np.nan_to_num(init)), jnp.asarray(warm), max_iter=_MAX_NEWTON)
+                k = part.size
+                f, d, theta = np.asarray(f)[:k], np.asarray(d)[:k], np.asarray(theta)[:k]
+                beta_t = theta[:, 1] / half[:k, None]
+                sol = np.stack([theta[:, 0] - beta_t * mid[:k, None], beta_t], axis=1)
+                # Within a chunk blocks come in order of length: keep each start's longest.
+                _, first = np.unique(i0[:k][::-1], return_index=True)
+                pick = k - 1 - first
+                last[i0[pick]] = sol[pick]
+                a, b = i0[:k], j0[:k]
+                primal[a, b] = np.where(np.isfinite(f), np.maximum(f, 0.0), np.inf)
+                lower[a, b] = np.clip(d - _ROUNDING * L[:k], 0.0, primal[a, b])
+    return lower, primal
+
+
+def _partitions(C: np.ndarray, max_blocks: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact dynamic program over partitions of 0..T-1 into contiguous blocks.
+
+    Args:
+      C: (T, T) block costs, ``C[i, j]`` for block i..j, ``inf`` for i > j.
+      max_blocks: M, the largest number of blocks.
+
+    Returns:
+      ``(best, start)``, both (M, T): ``best[m - 1, j]`` is the least total cost of points 0..j in
+      exactly m blocks (``inf`` if m > j + 1) and ``start[m - 1, j]`` where its last block starts.
+    """
+    T = C.shape[0]
+    best = np.full((max_blocks, T), np.inf)
+    start = np.zeros((max_blocks, T), np.int64)
+    best[0] = C[0]
+    cols = np.arange(T)
+    for m in range(1, max_blocks):
+        # Row r: the last block starts at r + 1 after m blocks covering 0..r.
+        cand = best[m - 1, :-1, None] + C[1:, :]
+        r = np.argmin(cand, axis=0)
+        best[m] = cand[r, cols]
+        start[m] = r + 1
+    return best, start
+
+
+def _backtrack(start: np.ndarray, blocks: int) -> np.ndarray:
+    j = start.shape[1] - 1
+    out = []
+    for m in range(blocks, 1, -1):
+        i = int(start[m - 1, j])
+        out.append(i)
+        j = i - 1
+    return np.asarray(out[::-1], np.int64)
+
+
+# ---------------------------------------------------------------------------------------------
+# Public API
+
+
+@dataclasses.dataclass(frozen=True)
+class SegmentationBound:
+    """Result of :func:`segmentation_lower_bound`.
+
+    Attributes:
+      bounds: (k_max,) ``bounds[k - 1]`` is a certified lower bound on the mean KL (nats) of every
+        k-feature ReLU or JumpReLU model on this grid; non-increasing in k.
+      boundaries: ``boundaries[k - 1]`` is a (k,) array of the grid indices where blocks 2..k+1 of
+        an optimal partition into k + 1 blocks start (with fewer than k + 1 grid points, the
+        partition into single points, its last index repeated).
+      knots: ``knots[k - 1]`` is (k,) t-values of those breaks, midway between the last point of a
+        block and the first of the next; pass them to :func:`jaxfeat.fit` as ``init_knots``.
+      solver_tol: the most by which a block's computed cost may exceed its true minimum (nats,
+        summed over the block's points): the gap between the solver's value and the certified
+        value used instead, which already includes the rounding margin, so ``bounds`` need no
+        correction. Typically ~1e-10; larger only where exact zeros in the target put a
+        block's optimum at infinity in a way the solver does not reduce to a finite problem,
+        where the certificate is weaker (still valid).
+      tol: the mean-KL tolerance asked about (nats), or ``None``.
+      lower_bound: with ``tol``: 1 + the number of k whose bound exceeds ``tol``, i.e. every
+        k < ``lower_bound`` provably cannot reach ``tol`` (at most ``k_max + 1``); else ``None``.
+      seconds: wall-clock time of the computation.
+    """
+
+    bounds: np.ndarray
+    boundaries: tuple[np.ndarray, ...]
+    knots: tuple[np.ndarray, ...]
+    solver_tol: float
+    tol: float | None
+    lower_bound: int | None
+    seconds: float
+
+
+def segmentation_lower_bound(
+    target: Target,
+    k_max: int,
+    activation: str = "relu",
+    *,
+    tol: float | None = None,
+    subgrid: int | None = None,
+) -> SegmentationBound:
+    r"""Certified lower bounds on the mean KL of any k-feature model, for k = 1..k_max.
+
+    With ReLU or JumpReLU encoders of an affine latent, the logits of a k-feature model are affine
+    in t on at most k + 1 contiguous blocks of grid points, so
+
+    .. math::
+        \mathrm{LB}(k) = \frac{1}{T} \min_{\text{partitions into } k+1 \text{ blocks}}
+        \sum_{\text{blocks } B} \min_{\alpha, \beta \in \mathbb{R}^V}
+        \sum_{t \in B} \mathrm{KL}\big(p(t) \,\|\, \mathrm{softmax}(\alpha + \beta t)\big)
+
+    is at most the mean KL of every such model. ``LB(k) > tol`` certifies that k features cannot
+    reach ``tol``. Each block problem is solved by Newton's method in float64 and bounded from
+    below by a dual feasible point, so the bound holds up to floating-point rounding (a margin
+    for which is subtracted); the partition is an exact dynamic program. Cost: O(T^3 V^2) for the
+    blocks plus O(k_max T^2).
+
+    Args:
+      target: the curve, T grid points and V tokens.
+      k_max: largest number of features to bound (>= 1).
+      activation: ``"relu"`` or ``"jumprelu"`` (the bound is the same for both).
+      tol: optional mean-KL tolerance (nats, > 0): the result's ``lower_bound`` then counts the
+        features certified necessary to reach it.
+      subgrid: for long grids: split the grid into m = ceil(T / subgrid) interleaved sub-grids
+        (every m-th point) of at most ``subgrid`` (>= 2) points, bound the KL sum on each and add
+        them up. Valid, slightly weaker, and m^2 times cheaper than the full grid. ``None``
+        picks the fewest sub-grids that keep the work near that of ``AUTO_SUBGRID`` points and
+        3 tokens (the full grid up to 512 points for V = 3).
+
+    Returns:
+      :class:`SegmentationBound`.
+
+    Raises:
+      ValueError: for ``k_max < 1``, an unknown activation, or ``"softplus"``, whose smooth
+        features are not piecewise affine and get no certificate.
+
+    Example:
+      >>> import jaxfeat
+      >>> sb = segmentation_lower_bound(jaxfeat.targets.temperature(nonmonotone=True, n=24), 3)
+      >>> sb.bounds.shape, bool(sb.bounds[0] > 1e-3), [b.tolist() for b in sb.boundaries[:2]]
+      ((3,), True, [[13], [11, 16]])
+      >>> segmentation_lower_bound(jaxfeat.targets.oscillating(1, n=64), 8, tol=1e-3).lower_bound
+      4
+    """
+    t0 = time.perf_counter()
+    if not isinstance(target, Target):
+        raise ValueError(f"target must be a jaxfeat.Target, got {type(target).__name__}.")
+    k_max = _validate.positive_int(k_max, "k_max")
+    if tol is not None:
+        tol = _validate.positive_float(tol, "tol")
+    _validate.activation(activation)
+    if activation == "softplus":
+        raise ValueError(
+            "activation='softplus' has no segmentation bound: softplus features are smooth, not "
+            "piecewise affine in t. Use 'relu' or 'jumprelu'."
+        )
+    t = np.asarray(target.t, np.float64)
+    p = np.asarray(target.probs, np.float64)
+    T = t.shape[0]
+    if subgrid is None:
+        work = lambda n, v: float(n) ** 3 * (v * v + 16)  # 16: the per-point work besides V^2
+        parts = int(np.ceil(np.sqrt(work(T, p.shape[1]) / work(AUTO_SUBGRID, 3)) - 1e-9))
+        subgrid = -(-T // max(parts, 1))
+    subgrid = _validate.positive_int(subgrid, "subgrid")
+    if subgrid < 2:
+        raise ValueError(f"subgrid={subgrid} must be at least 2 points.")
+    # Interleaved sub-grids r, r + m, r + 2m, ... cover the grid; a k-feature model is affine on
+    # at most k + 1 blocks of each, so their partition costs add up to a bound on the KL sum.
+    m = -(-T // subgrid)
+    bounds = np.zeros(k_max)
+    solver_tol = 0.0
+    for r in range(m):
+        keep = np.arange(r, T, m)
+        S = keep.size
+        lower, primal = _block_costs(t[keep], p[keep])
+        upper = np.triu_indices(S)
+        # inf where a block's solver failed
+        solver_tol = max(solver_tol, float(np.max(primal[upper] - lower[upper])))
+        n_blocks = min(k_max + 1, S)
+        best, start = _partitions(lower, n_blocks)
+        exact = np.concatenate([best[:, -1], np.zeros(k_max + 1 - n_blocks)]) / T
+        # At most k + 1 blocks: the bound is non-increasing in k even where certified block
+        # costs are not exactly subadditive.
+        bounds += np.minimum.accumulate(exact)[1:]
+        if r == 0:
+            boundaries, knots = [], []
+            for k in range(1, k_max + 1):
+                b = _backtrack(start, min(k + 1, S))
+                if b.size < k:
+                    b = np.concatenate([b, np.full(k - b.size, b[-1])])
+                boundaries.append(keep[b])
+                knots.append((t[keep[b - 1]] + t[keep[b]]) / 2)
+    return SegmentationBound(
+        bounds=bounds, boundaries=tuple(boundaries), knots=tuple(knots), solver_tol=solver_tol,
+        tol=tol, lower_bound=None if tol is None else 1 + int(np.count_nonzero(bounds > tol)),
+        seconds=time.perf_counter() - t0,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Sup-norm log-ratio bounds
+
+
+def _features_for_moves(moves: int, activation: str) -> int:
+    """Fewest features whose log-ratio can make ``moves`` alternating moves."""
+    if moves == 0:
+        return 0
+    k = 1
+    while max_turning_points(k, activation) < moves - 1:
+        k += 1
+    return k
+
+
+@dataclasses.dataclass(frozen=True)
+class TurningPointBound:
+    """Result of :func:`turning_point_lower_bound`.
+
+    Attributes:
+      lower_bound: certified lower bound on the number of features.
+      moves: n, the number of alternating increments of the chain, each larger than ``2 delta``.
+      tokens: ``(j, m)``, the token pair whose log-ratio carries the chain (``None`` if no pair has
+        an increment larger than ``2 delta``).
+      chain: (n + 1,) grid indices of the chain.
+      delta: the sup-norm log-ratio error the bound is for.
+      activation: the encoder class the bound is for.
+    """
+
+    lower_bound: int
+    moves: int
+    tokens: tuple[int, int] | None
+    chain: np.ndarray
+    delta: float
+    activation: str
+
+
+def turning_point_lower_bound(
+    target: Target, delta: float, *, activation: str = "relu", max_tokens: int = 64
+) -> TurningPointBound:
+    r"""Certified lower bound on k from turning points, for sup-norm log-ratio error ``delta``.
+
+    For a token pair (j, m) let ``y(t) = log(p_j / p_m)``. If grid points
+    :math:`i_0 < \dots < i_n` have increments :math:`y(i_{s+1}) - y(i_s)` alternating in sign,
+    each larger than :math:`2\delta` in size, then every model within ``delta`` of y has
+    increments of the same signs there, hence at least ``n - 1`` turning points, and a k-feature
+    model has at most :func:`max_turning_points` ``(k)``. So
+
+    .. math:: k \ge \min\{k : \operatorname{maxTP}(k) \ge n - 1\} \quad (\text{and } k \ge 1
+       \text{ when } n \ge 1),
+
+    which is ``n - 1`` for long chains (``n`` for ReLU when ``n <= 3``). The longest chain of a
+    pair comes from one O(T) hysteresis scan with threshold ``2 delta`` plus a float64 margin;
+    the bound maximises over all pairs of the ``max_tokens`` most probable full-support tokens
+    (any pair gives a valid bound, so a subset stays sound).
+
+    Args:
+      target: the curve.
+      delta: sup-norm log-ratio error (>= 0).
+      activation: ``"relu"`` (default) or ``"jumprelu"`` (also valid for any encoder whose
+        activation is affine on each side of one breakpoint).
+      max_tokens: pairs are formed among this many most probable tokens (their max over t).
+
+    Returns:
+      :class:`TurningPointBound` with the bound and its witness (token pair and chain).
+
+    Example:
+      >>> import jaxfeat
+      >>> tgt = jaxfeat.targets.temperature(nonmonotone=True)
+      >>> res = turning_point_lower_bound(tgt, delta=0.1)
+      >>> res.lower_bound, res.moves, res.tokens
+      (2, 2, (1, 0))
+    """
+    delta = _validate.nonnegative_float(delta, "delta")
+    activation = _validate.bound_activation(activation)
+    max_tokens = _validate.positive_int(max_tokens, "max_tokens")
+    data = _logratio.prepare(target)
+    S = data.full[:max_tokens]
+    if len(S) < 2:
+        return TurningPointBound(0, 0, None, np.zeros(0, np.int64), delta, activation)
+    jj, mm = np.triu_indices(len(S), 1)
+    ratios = data.y[:, S[jj]] - data.y[:, S[mm]]
+    tol = 2 * delta + _logratio.margin(data.y[:, S], delta)
+    moves = _logratio.alternating_moves(ratios, tol)
+    best = int(np.argmax(moves))
+    n = int(moves[best])
+    if n == 0:
+        return TurningPointBound(0, 0, None, np.zeros(0, np.int64), delta, activation)
+    chain = _logratio.alternating_chain(ratios[:, best], tol)
+    j, m = int(S[jj[best]]), int(S[mm[best]])
+    if ratios[chain[1], best] < ratios[chain[0], best]:
+        j, m = m, j  # report the pair whose ratio rises first
+    return TurningPointBound(
+        _features_for_moves(n, activation), n, (j, m), chain, delta, activation
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class PieceCountBound:
+    """Result of :func:`piece_count_lower_bound`.
+
+    Attributes:
+      lower_bound: certified lower bound ``N* - 1`` on the number of features.
+      blocks: (N*, 2) first and last grid index of each greedy maximal block.
+      breaks: for each block but the last, the coordinate that stopped it from growing: ``(j, m)``
+        for the log-ratio of tokens j and m, ``(j, -1)`` for token j's centred log-probability.
+      delta: the sup-norm log-ratio error the bound is for.
+    """
+
+    lower_bound: int
+    blocks: np.ndarray
+    breaks: tuple[tuple[int, int], ...]
+    delta: float
+
+
+def piece_count_lower_bound(
+    target: Target, delta: float, *, max_tokens: int = 64, pair_tokens: int = 16
+) -> PieceCountBound:
+    r"""Certified lower bound on k from the number of affine pieces, for sup-norm error ``delta``.
+
+    On the grid, a model with k ReLU (or JumpReLU) features is affine in t on at most k + 1
+    contiguous blocks of grid points, in every log-ratio coordinate at once. A block is feasible
+    if every checked coordinate y (a centred log-probability or a pairwise log-ratio, all within
+    ``delta`` of the model's) admits an affine f with :math:`|f(t_i) - y_i| \le \delta` on the
+    block. Feasibility is inherited by sub-blocks, so the greedy left-to-right maximal blocks are
+    the fewest, N*, and
+
+    .. math:: k \ge N^* - 1.
+
+    The check is exact: an affine f exists iff the slope interval
+    :math:`\max_{i<e} (y_e - y_i - 2\delta)/(t_e - t_i) \le \min_{i<e} (y_e - y_i + 2\delta)/(t_e
+    - t_i)` over all pairs in the block is non-empty (the strip width ``max(y - b t) -
+    min(y - b t)`` is a max over pairs), updated in O(block length) per new point.
+
+    Args:
+      target: the curve.
+      delta: sup-norm log-ratio error (>= 0).
+      max_tokens: centred log-probabilities of this many most probable full-support tokens (centred
+        over those tokens) are checked.
+      pair_tokens: all pairwise log-ratios among this many most probable tokens are checked too.
+
+    Returns:
+      :class:`PieceCountBound` with the bound and the blocks.
+
+    Example:
+      >>> import numpy as np, jaxfeat
+      >>> t = np.linspace(0.0, 1.0, 21)
+      >>> z = np.stack([np.zeros_like(t), np.abs(t - 0.5)], axis=1)   # a V shape: 2 pieces
+      >>> res = piece_count_lower_bound(jaxfeat.Target.from_logits(t, z), delta=0.01)
+      >>> res.lower_bound, res.blocks.tolist()
+      (1, [[0, 10], [11, 20]])
+    """
+    delta = _validate.nonnegative_float(delta, "delta")
+    max_tokens = _validate.positive_int(max_tokens, "max_tokens")
+    pair_tokens = _validate.positive_int(pair_tokens, "pair_tokens")
+    data = _logratio.prepare(target)
+    t, T = data.t, data.t.shape[0]
+    S = data.full[:max_tokens]
+    if len(S) < 2:
+        return PieceCountBound(0, np.array([[0, T - 1]]), (), delta)
+    P = data.full[: min(pair_tokens, len(S))]
+    jj, mm = np.triu_indices(len(P), 1)
+    ys = data.y[:, S]
+    Y = np.concatenate(
+        [ys - ys.mean(axis=1, keepdims=True), data.y[:, P[jj]] - data.y[:, P[mm]]], axis=1
+    )
+    labels = [(int(s), -1) for s in S]
+    labels += [(int(P[a]), int(P[b])) for a, b in zip(jj, mm, strict=True)]
+    d2 = 2 * (delta + _logratio.margin(ys, delta))
+    blocks: list[tuple[int, int]] = []
+    breaks: list[tuple[int, int]] = []
+    s = 0
+    lo = np.full(Y.shape[1], -np.inf)
+    hi = np.full(Y.shape[1], np.inf)
+    for e in range(1, T):
+        dt = (t[e] - t[s:e])[:, None]
+        dy = Y[e] - Y[s:e]
+        new_lo = np.maximum(lo, np.max((dy - d2) / dt, axis=0))
+        new_hi = np.minimum(hi, np.min((dy + d2) / dt, axis=0))
+        gap = new_lo - new_hi
+        if np.any(gap > 0):
+            blocks.append((s, e - 1))
+            breaks.append(labels[int(np.argmax(gap))])
+            s = e
+            lo = np.full(Y.shape[1], -np.inf)
+            hi = np.full(Y.shape[1], np.inf)
+        else:
+            lo, hi = new_lo, new_hi
+    blocks.append((s, T - 1))
+    return PieceCountBound(len(blocks) - 1, np.asarray(blocks, np.int64), tuple(breaks), delta)
+
+

@@ -1,0 +1,266 @@
+"""Tests for the certified segmentation bound (jaxfeat/bounds.py); the sup-norm bounds are in
+test_theory.py and test_theory_properties.py beside the theorems they rest on.
+
+Grids are kept to a few sizes (up to 32 points share one compiled block kernel; 128 points for
+the fitted oscillating curve, as in the docstring example) because every new size compiles again.
+"""
+
+import itertools
+
+import numpy as np
+import pytest
+from scipy.optimize import minimize
+from scipy.special import logsumexp
+
+import jaxfeat
+from jaxfeat import bounds
+from jaxfeat.bounds import segmentation_lower_bound
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+
+
+def _random_target(seed: int, T: int = 7, V: int = 3, zeros: bool = False) -> jaxfeat.Target:
+    rng = np.random.default_rng(seed)
+    t = np.sort(rng.uniform(0, 1, T))
+    z = rng.normal(0, 1.5, (T, V)) + np.outer(t, rng.normal(0, 2, V))
+    if zeros:
+        z[rng.uniform(size=(T, V)) < 0.25] = -1e4  # exact zeros in float32
+        z[:, 0] = 0.0  # keep every row non-empty
+    return jaxfeat.Target.from_logits(t, z)
+
+
+def _probs64(target: jaxfeat.Target) -> np.ndarray:
+    p = np.asarray(target.probs, np.float64)
+    return p / p.sum(axis=1, keepdims=True)
+
+
+def _mean_kl64(p: np.ndarray, z: np.ndarray) -> float:
+    """Mean KL(p || softmax(z)) in float64 with 0 log 0 = 0."""
+    logq = z - logsumexp(z, axis=1, keepdims=True)
+    logp = np.log(np.where(p > 0, p, 1.0))
+    return float(np.mean(np.sum(np.where(p > 0, p * (logp - logq), 0.0), axis=1)))
+
+
+def _block_cost_scipy(t: np.ndarray, p: np.ndarray) -> float:
+    """min over (alpha, beta) of sum_t KL(p_t || softmax(alpha + beta t)), by BFGS."""
+    V = p.shape[1]
+    x = (t - t.mean()) / (np.ptp(t) / 2)
+    plogp = np.sum(np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0))
+
+    def f(th):
+        a = np.concatenate([[0.0], th[: V - 1]])  # token 0 as the reference logit
+        b = np.concatenate([[0.0], th[V - 1 :]])
+        z = a + np.outer(x, b)
+        lse = logsumexp(z, axis=1)
+        q = np.exp(z - lse[:, None])
+        val = plogp + lse.sum() - np.sum(p * z)
+        g = q - p
+        return val, np.concatenate([g.sum(0)[1:], (x @ g)[1:]])
+
+    res = minimize(f, np.zeros(2 * (V - 1)), jac=True, method="BFGS",
+                   options={"gtol": 1e-12, "maxiter": 10_000})
+    return float(res.fun)
+
+
+def _brute_force(C: np.ndarray, blocks: int) -> float:
+    T = C.shape[0]
+    best = np.inf
+    for cuts in itertools.combinations(range(1, T), blocks - 1):
+        edges = (0, *cuts, T)
+        best = min(best, sum(C[a, b - 1] for a, b in itertools.pairwise(edges)))
+    return best
+
+
+def _model(seed: int, k: int, activation: str = "relu", T: int = 24):
+    """A k-feature model with well-separated knots inside the grid (pieces of 4 or more points)."""
+    rng = np.random.default_rng(seed)
+    t = np.linspace(0.0, 1.0, T)
+    idx = np.round(np.linspace(0, T - 1, k + 2)[1:-1]).astype(int) + rng.integers(-1, 2, k)
+    knots = (t[idx] + t[idx + 1]) / 2
+    s = rng.choice([-1.0, 1.0], k)
+    theta = rng.uniform(0.05, 0.3, k) if activation == "jumprelu" else None
+    params = jaxfeat.Features.create(
+        c=rng.normal(0, 1, 3).astype(np.float32), l=rng.normal(0, 4, (k, 3)).astype(np.float32),
+        w=s.astype(np.float32), b=(-s * knots).astype(np.float32), theta=theta,
+    )
+    return t, params
+
+
+def _violates(bound: float, model_kl: float) -> bool:
+    """The soundness check: a lower bound may never exceed a model's actual mean KL."""
+    return bound > model_kl + 1e-12
+
+
+# ---------------------------------------------------------------------------------------------
+# Dynamic program and block costs
+
+
+def test_dp_matches_brute_force_on_random_costs():
+    rng = np.random.default_rng(0)
+    T = 8
+    C = np.triu(rng.exponential(size=(T, T)))
+    C[np.tril_indices(T, -1)] = np.inf
+    best, start = bounds._partitions(C, T)
+    for m in range(1, T + 1):
+        assert best[m - 1, -1] == pytest.approx(_brute_force(C, m), rel=1e-12)
+        cuts = bounds._backtrack(start, m)
+        edges = (0, *cuts.tolist(), T)
+        assert sum(C[a, b - 1] for a, b in itertools.pairwise(edges)) == pytest.approx(
+            best[m - 1, -1], rel=1e-12)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_dp_matches_brute_force_on_block_costs(seed):
+    tgt = _random_target(seed)
+    lower, _ = bounds._block_costs(np.asarray(tgt.t), np.asarray(tgt.probs))
+    best, _ = bounds._partitions(lower, 7)
+    for m in range(1, 8):
+        assert best[m - 1, -1] == pytest.approx(_brute_force(lower, m), rel=1e-12, abs=1e-15)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_block_costs_match_independent_solver(seed):
+    tgt = _random_target(seed)
+    t, p = np.asarray(tgt.t, np.float64), _probs64(tgt)
+    lower, primal = bounds._block_costs(t, p)
+    T = t.size
+    for i in range(T):
+        for j in range(i, T):
+            if j - i < 2:  # two points are always interpolated exactly
+                assert lower[i, j] == primal[i, j] == 0.0
+                continue
+            ref = _block_cost_scipy(t[i : j + 1], p[i : j + 1])
+            assert lower[i, j] <= ref + 1e-10  # certified from below
+            assert primal[i, j] <= ref + 1e-10  # at least as good as BFGS
+            assert lower[i, j] == pytest.approx(ref, rel=1e-6, abs=1e-9)  # and tight
+    assert np.all(np.isinf(lower[np.tril_indices(T, -1)]))
+
+
+def test_block_costs_with_zero_probabilities():
+    tgt = _random_target(3, zeros=True)
+    t, p = np.asarray(tgt.t, np.float64), _probs64(tgt)
+    p[1:, 2] = 0.0  # token 2 only at the first point: the optimum lies at infinity
+    p[0, 2] = 0.3
+    p /= p.sum(axis=1, keepdims=True)
+    lower, primal = bounds._block_costs(t, p)
+    upper = np.triu_indices(t.size)
+    assert np.all(np.isfinite(lower[upper])) and np.all(np.isfinite(primal[upper]))
+    assert np.all(lower[upper] >= 0) and np.all(primal[upper] - lower[upper] < 1e-10)
+    for i, j in [(0, 6), (0, 3), (1, 4), (2, 6)]:
+        ref = _block_cost_scipy(t[i : j + 1], p[i : j + 1])  # a finite point, above the infimum
+        assert lower[i, j] <= ref + 1e-10
+        assert lower[i, j] == pytest.approx(ref, abs=1e-5)
+
+
+def test_bound_on_count_data_is_tightly_certified():
+    # Maximum-likelihood rows from few counts are full of exact zeros.
+    base = jaxfeat.targets.oscillating(1, n=24)
+    rng = np.random.default_rng(0)
+    counts = np.stack([rng.multinomial(10, row / row.sum())
+                       for row in np.asarray(base.probs, np.float64)])
+    tgt = jaxfeat.Target.from_counts(base.t, counts)
+    assert np.mean(np.asarray(tgt.probs) == 0) > 0.1
+    sb = segmentation_lower_bound(tgt, 6)
+    assert sb.solver_tol < 1e-9 and np.all(np.diff(sb.bounds) <= 0) and sb.bounds[0] > 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Soundness: the bound never exceeds the mean KL of an actual k-feature model
+
+
+CASES = [(seed, k, act) for seed in range(6) for k in (1, 2, 3) for act in ("relu", "jumprelu")]
+
+
+@pytest.mark.parametrize(("seed", "k", "activation"), CASES)
+def test_bound_is_sound_for_k_feature_models(seed, k, activation):
+    t, params = _model(seed, k, activation)
+    z = np.asarray(jaxfeat.logits(params, t, activation), np.float64)
+    exact = jaxfeat.Target(t, jaxfeat.probs(params, t, activation), normalize=True)
+    rng = np.random.default_rng(100 + seed)
+    noisy = jaxfeat.Target.from_logits(t, z + rng.normal(0, 0.5, z.shape))
+    # Counts sampled from the model: exact zeros, some at the ends of blocks.
+    q = np.exp(z - logsumexp(z, axis=1, keepdims=True))
+    counts = jaxfeat.Target.from_counts(t, np.stack([rng.multinomial(20, row) for row in q]))
+    for tgt in (exact, noisy, counts):
+        sb = segmentation_lower_bound(tgt, 4, activation)
+        model_kl = _mean_kl64(_probs64(tgt), z)
+        assert not _violates(sb.bounds[k - 1], model_kl)
+        assert np.all(np.diff(sb.bounds) <= 0) and np.all(sb.bounds >= 0)
+        assert sb.solver_tol < 1e-8
+        if tgt is not exact:  # not vacuous: k + 1 affine blocks fit away only part of the noise
+            assert sb.bounds[k - 1] > 0.2 * model_kl
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_soundness_check_rejects_wrong_bounds(seed):
+    """The check above has teeth: two plausible-looking but invalid bounds fail it."""
+    for k in (1, 2, 3):
+        t, params = _model(seed, k)
+        z = np.asarray(jaxfeat.logits(params, t), np.float64)
+        tgt = jaxfeat.Target(t, jaxfeat.probs(params, t), normalize=True)
+        p = _probs64(tgt)
+        model_kl = _mean_kl64(p, z)
+        T = t.size
+        lower, _ = bounds._block_costs(t, p)
+        # Wrong 1: one block too few (k blocks for k features).
+        too_few = bounds._partitions(lower, k)[0][k - 1, -1] / T
+        # Wrong 2: no min over beta (blocks of constant logits): cost = sum KL(p_t || block mean).
+        const = np.full((T, T), np.inf)
+        for i in range(T):
+            for j in range(i, T):
+                mean = np.log(p[i : j + 1].mean(axis=0))[None]
+                const[i, j] = (j - i + 1) * _mean_kl64(p[i : j + 1], mean)
+        no_slope = bounds._partitions(const, k + 1)[0][k, -1] / T
+        right = bounds._partitions(lower, k + 1)[0][k, -1] / T
+        assert not _violates(right, model_kl)
+        assert _violates(too_few, model_kl)
+        assert _violates(no_slope, model_kl)
+
+
+# ---------------------------------------------------------------------------------------------
+# segmentation_lower_bound
+
+
+def test_segmentation_result_structure():
+    tgt = _random_target(4)  # T = 7: k_max beyond T - 1 leaves single-point blocks
+    sb = segmentation_lower_bound(tgt, 9)
+    t = np.asarray(tgt.t)
+    assert sb.bounds.shape == (9,) and np.all(np.diff(sb.bounds) <= 0)
+    assert np.all(sb.bounds[5:] == 0.0)
+    for k in range(1, 10):
+        b, kn = sb.boundaries[k - 1], sb.knots[k - 1]
+        assert b.shape == (k,) and kn.shape == (k,)
+        assert np.all(np.diff(b) >= 0) and b.min() >= 1 and b.max() <= t.size - 1
+        np.testing.assert_allclose(kn, (t[b - 1] + t[b]) / 2)
+    assert 0 <= sb.solver_tol < 1e-8 and sb.seconds > 0
+
+
+def test_subgrid_gives_a_weaker_valid_bound(monkeypatch):
+    t, params = _model(0, 2)
+    z = np.asarray(jaxfeat.logits(params, t), np.float64)
+    noisy = jaxfeat.Target.from_logits(t, z + np.random.default_rng(0).normal(0, 0.5, z.shape))
+    full = segmentation_lower_bound(noisy, 4)
+    sub = segmentation_lower_bound(noisy, 4, subgrid=8)
+    assert np.all(sub.bounds <= full.bounds + 1e-12) and np.all(sub.bounds[:2] > 0)
+    assert sub.bounds[1] <= _mean_kl64(_probs64(noisy), z)
+    assert all(np.isin(b, np.arange(0, 24, 3)).all() for b in sub.boundaries)
+    # Long grids switch to sub-grids on their own: 24 points cost ~(24/16)^3 = 3.4x the work
+    # of 16, so two sub-grids of 12.
+    monkeypatch.setattr(bounds, "AUTO_SUBGRID", 16)
+    np.testing.assert_array_equal(segmentation_lower_bound(noisy, 4).bounds,
+                                  segmentation_lower_bound(noisy, 4, subgrid=12).bounds)
+
+
+def test_segmentation_bad_inputs():
+    tgt = _random_target(0)
+    with pytest.raises(ValueError, match="softplus"):
+        segmentation_lower_bound(tgt, 3, "softplus")
+    with pytest.raises(ValueError, match="activation"):
+        segmentation_lower_bound(tgt, 3, "gelu")
+    with pytest.raises(ValueError, match="k_max"):
+        segmentation_lower_bound(tgt, 0)
+    with pytest.raises(ValueError, match="subgrid"):
+        segmentation_lower_bound(tgt, 3, subgrid=1)
+    with pytest.raises(ValueError, match="Target"):
+        segmentation_lower_bound(np.zeros((7, 3)), 3)
