@@ -5,30 +5,39 @@ Methods (same model, loss = mean over the grid of KL(p(t) || q(t)), same k and r
 * ``jaxfeat``: :func:`jaxfeat.fit` / :func:`jaxfeat.fit_batch` / :func:`jaxfeat.fit_ks` with
   defaults (float32).
 * ``scipy_lbfgsb``: ``scipy.optimize.minimize(method="L-BFGS-B")`` per restart, serially, on the
-  public parameters (c, l, w, b) with a jitted float64 JAX value-and-gradient, started from
-  jaxfeat's own initial points (so only the optimiser differs) and stopped by jaxfeat's rule.
+  public parameters (c, l, w, b) with a jitted float64 JAX value-and-gradient, stopped by
+  jaxfeat's stall rule. It starts from jaxfeat's least-squares starting points, read off the
+  public API (:func:`jaxfeat_start`): restart 0 where jaxfeat's own first restart starts,
+  the others at random knots.
 * ``optax_lbfgs``: ``optax.lbfgs()`` vmapped over targets and restarts for a fixed number of
   steps, on (c, l, w, b) from a random initialisation: the first thing a JAX user writes.
 
 Workloads: one target (``oscillating(2)``, k = 8, 16 restarts); a batch of 256 targets
 (``random_smooth``, bandwidth 1..4, V = 3, T = 256, k = 8, 16 restarts); a k = 1..32 sweep on one
-target (:func:`jaxfeat.fit_ks`); scaling of jaxfeat in batch size, k, T and V; and a breakdown of
-one Levenberg-Marquardt step.
+target (:func:`jaxfeat.fit_ks`); scaling of jaxfeat in batch size, k, T and V; and the cost of
+one Gauss-Newton step inside the fit, against a loss evaluation, a gradient and a Cholesky solve.
+
+Only jaxfeat's public API is used. XLA's buffer sizes come from the public call compiled as one
+program (``jax.jit(fit_batch).lower(...).compile().memory_analysis()``); the cost of a step
+inside the fit comes from fits at two step budgets with the stall check switched off through
+:class:`jaxfeat.SolverSettings` (so every member takes a known number of steps).
 
 Timing: every call is timed to ``block_until_ready``. A first call's compile time comes from JAX's
 own compile-duration events (tracing + lowering + XLA compilation); "warm" is a repeated call, or,
 where a repeat would be too slow, the first call minus its compile time (``warm_method`` says
-which). Losses of all methods are re-evaluated by one float64 NumPy function. Baselines too slow
-to run on the whole batch run on a documented subset and are extrapolated; the JSON says so.
+which); ``warm_compile_s`` flags warm calls that compiled again. Losses of all methods are
+re-evaluated by one float64 NumPy function. Baselines too slow to run on the whole batch run on a
+documented subset and are extrapolated; the JSON says so.
 
 Usage::
 
-    python benchmarks/throughput.py [--quick] [--out benchmarks/results/throughput_cpu.json]
-        [--device-label LABEL] [--sections single,batch,ks,scaling,breakdown] [--resume]
+    python benchmarks/throughput.py [--quick | --smoke] [--out PATH] [--device-label LABEL]
+        [--sections single,batch,ks,scaling,breakdown] [--resume]
 
 ``--quick`` runs small sizes in a few minutes; the full run takes about a quarter of an hour on
-two CPU cores. Results are written atomically after every section; ``--resume`` keeps the
-sections an interrupted run already wrote.
+two CPU cores; ``--smoke`` runs tiny sizes (compilation dominates) to check that every section
+works, and writes to a temporary file unless ``--out`` is given. Results are written atomically
+after every section; ``--resume`` keeps the sections an interrupted run already wrote.
 """
 
 from __future__ import annotations
@@ -43,15 +52,18 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import argparse
 import contextlib
 import ctypes
+import dataclasses
 import datetime
 import functools
 import importlib.metadata
 import inspect
 import json
+import math
 import platform
 import sys
+import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -64,15 +76,21 @@ from scipy.optimize import minimize
 
 import jaxfeat
 from jaxfeat import Features
-from jaxfeat import _fit as jf_fit
 
 SECTIONS = ("single", "batch", "ks", "scaling", "breakdown")
-# jaxfeat's float32 stall rule (see ``jaxfeat._fit``): every WINDOW steps, stop when the loss fell
-# by at most FTOL * loss + ATOL since the previous check. The SciPy baseline uses the same rule.
-FTOL, ATOL, WINDOW = 1e-5, 1e-9, 5
-MAX_STEPS = 200  # jaxfeat's default step budget, also the SciPy iteration cap
+# jaxfeat's float32 stall rule (jaxfeat.SolverSettings): every WINDOW steps, stop when the loss
+# fell by at most FTOL * loss + ATOL since the previous check. The SciPy baseline uses the same
+# rule.
+SOLVER = jaxfeat.SolverSettings()
+FTOL, ATOL, WINDOW = SOLVER.ftol32, SOLVER.atol32, SOLVER.window
+MAX_STEPS = inspect.signature(jaxfeat.fit_batch).parameters["max_steps"].default  # 200
 RESTARTS = 16
 REF_FACTOR = 1.05
+# An optimiser that never moves: fit_batch then returns its starting points. One object for the
+# whole run, since the optimiser is a static argument of the compiled fit (a new one recompiles).
+HOLD = optax.set_to_zero()
+# Stall checks further apart than any step budget: every member takes its whole budget.
+NO_STALL = dataclasses.replace(SOLVER, window=2**30)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -100,6 +118,13 @@ class CompileClock:
 
 
 CLOCK: CompileClock | None = None
+
+
+def _clock() -> CompileClock:
+    global CLOCK
+    if CLOCK is None:  # one listener per process, however often main() runs
+        CLOCK = CompileClock()
+    return CLOCK
 
 
 def _release_memory() -> None:
@@ -132,35 +157,48 @@ def _device_peak() -> int | None:
     return None if not stats else stats.get("peak_bytes_in_use")
 
 
-def measure(fn: Callable[[], Any], *, warm: bool = True, max_repeat_s: float = 20.0,
-            repeats: int = 3) -> tuple[Any, dict]:
+def measure(
+    fn: Callable[[], Any], *, warm: bool = True, max_repeat_s: float = 20.0, repeats: int = 3
+) -> tuple[Any, dict]:
     """Times a first call and warm calls of ``fn``, with the memory growth of the first call.
 
     Memory on CPU is the growth of the process's resident-set high-water mark (Linux ``VmHWM``,
     reset through ``/proc/self/clear_refs`` before the call) over the resident set at its start;
     it includes the compiler's own memory. On accelerators, the allocator's ``peak_bytes_in_use``.
     """
+    clock = _clock()
     _release_memory()
     base = _rss_kib("VmRSS")
     can_reset = _reset_peak()
-    c0, n0 = CLOCK.total, CLOCK.count
+    c0, n0 = clock.total, clock.count
     t0 = time.perf_counter()
     out = jax.block_until_ready(fn())
     first = time.perf_counter() - t0
-    compile_s = CLOCK.total - c0
-    rec: dict[str, Any] = {"first_s": first, "compile_s": compile_s,
-                           "xla_compilations": CLOCK.count - n0}
+    compile_s = clock.total - c0
+    rec: dict[str, Any] = {
+        "first_s": first,
+        "compile_s": compile_s,
+        "xla_compilations": clock.count - n0,
+    }
     if can_reset and base is not None:
         rec["rss_peak_first_call_bytes"] = 1024 * (_rss_kib("VmHWM") - base)
     run_est = max(first - compile_s, 0.0)
     if warm and run_est < max_repeat_s:
         times = []
+        c1 = clock.total
         for _ in range(repeats if run_est < max_repeat_s / repeats else 1):
             t0 = time.perf_counter()
             out = jax.block_until_ready(fn())
             times.append(time.perf_counter() - t0)
-        rec.update(warm_s=float(np.median(times)), warm_repeats=len(times),
-                   warm_method="median of repeated calls")
+        rec.update(
+            warm_s=float(np.median(times)),
+            warm_repeats=len(times),
+            warm_method="median of repeated calls",
+        )
+        if clock.total > c1:
+            # A warm call that compiles again (e.g. a static argument that is a new object on
+            # every call): its time is not a warm time.
+            rec["warm_compile_s"] = (clock.total - c1) / len(times)
     else:
         rec.update(warm_s=run_est, warm_repeats=0, warm_method="first call minus compile time")
     dev = _device_peak()
@@ -169,45 +207,47 @@ def measure(fn: Callable[[], Any], *, warm: bool = True, max_repeat_s: float = 2
     return out, rec
 
 
-@contextlib.contextmanager
-def kernel_probe() -> Iterator[dict]:
-    """Records what jaxfeat's private compiled kernel needs, around calls of the public API.
+_COMPILED: dict[tuple, tuple[Any, dict]] = {}
 
-    On the kernel's first call in the block it is compiled ahead of time (the ordinary call then
-    reuses that executable), which gives XLA's buffer sizes, the kernel's own compile time and its
-    arguments (to time the kernel without the Python around it).
+
+def compiled_fit(t, probs, k: int, **options: Any) -> tuple[Any, dict]:
+    """The public :func:`jaxfeat.fit_batch` call compiled ahead of time as one XLA program.
+
+    ``jax.jit`` over (t, probs) with ``k`` and ``options`` fixed, lowered and compiled: gives
+    XLA's buffer sizes of the whole fit and its compile time, and an executable that runs the fit
+    without the Python around the eager call. Cached by shapes and options (one compile each).
+    Returns ``(executable(t, probs), info)``.
     """
-    info: dict[str, Any] = {}
-    orig = getattr(jf_fit, "_fit_kernel", None)
-    if orig is None or not hasattr(orig, "lower"):
-        yield info
-        return
-
-    def probe(*args: Any, **kwargs: Any) -> Any:
-        if "call" not in info:
-            t0 = time.perf_counter()
-            stats = orig.lower(*args, **kwargs).compile().memory_analysis()
-            info["kernel_compile_s"] = time.perf_counter() - t0
-            if stats is not None:
-                parts = ("temp_size_in_bytes", "argument_size_in_bytes", "output_size_in_bytes")
-                info["xla_bytes"] = {p: int(getattr(stats, p)) for p in parts}
-                info["xla_total_bytes"] = sum(info["xla_bytes"].values())
-            info["call"] = (args, kwargs)
-        return orig(*args, **kwargs)
-
-    jf_fit._fit_kernel = probe
-    try:
-        yield info
-    finally:
-        jf_fit._fit_kernel = orig
+    p = jnp.asarray(probs)
+    tj = jnp.asarray(t, p.dtype)
+    key = (tj.shape, p.shape, str(p.dtype), k, tuple(sorted(options.items())))
+    if key not in _COMPILED:
+        fn = jax.jit(lambda tt, pp: jaxfeat.fit_batch(tt, pp, k, **options))
+        t0 = time.perf_counter()
+        exe = fn.lower(tj, p).compile()
+        info: dict[str, Any] = {"compile_s": time.perf_counter() - t0}
+        stats = exe.memory_analysis()
+        if stats is not None:
+            parts = ("temp_size_in_bytes", "argument_size_in_bytes", "output_size_in_bytes")
+            info["xla_bytes"] = {q: int(getattr(stats, q)) for q in parts}
+            info["xla_total_bytes"] = sum(info["xla_bytes"].values())
+        _COMPILED[key] = (exe, info)
+    return _COMPILED[key]
 
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
+def _ratio(a: float | None, b: float | None) -> float | None:
+    """a / b, or None where either is missing or b is not positive (e.g. a difference of noise)."""
+    if a is None or b is None or not b > 0:
+        return None
+    return a / b
+
+
 # ---------------------------------------------------------------------------------------------
-# Workloads, initialisations and the common loss
+# Workloads, starting points and the common loss
 
 
 def mixed_batch(n: int, T: int = 256, V: int = 3, seed: int = 0):
@@ -231,35 +271,35 @@ def mean_kl64(params: Features, t, probs) -> np.ndarray:
     return np.where(pos, p * (logp - logq), 0.0).sum(axis=-1).mean(axis=-1)
 
 
-def _private(fn: Callable, **kwargs: Any) -> Any:
-    """Calls a private jaxfeat function with the keyword arguments its current signature accepts."""
-    names = inspect.signature(fn).parameters
-    return fn(**{k: v for k, v in kwargs.items() if k in names})
+def jaxfeat_start(t, probs, k: int, restarts: int, seed: int = 0) -> Features:
+    """Starting points built by jaxfeat's own initialisation, as :class:`Features` (B, R, ...).
 
-
-def jaxfeat_init(t, probs, k: int, restarts: int, key: int = 0, internal: bool = False):
-    """jaxfeat's own starting points for every (target, restart), as :class:`Features` (B, R, ...).
-
-    Reproduces the first lines of jaxfeat's private kernel with the same keys, so a baseline can
-    start exactly where jaxfeat starts (before its convex phase); ``internal`` returns the private
-    optimisation state instead (for the step breakdown).
+    Read off the public API: :func:`jaxfeat.fit_batch` with one restart per row and an optimiser
+    that does not move (``optax.set_to_zero()``) returns its starting point. Restart 0 leaves the
+    knots to jaxfeat, so it starts where jaxfeat's first restart does (up to float32 rounding: a
+    linear term and knots at curvature quantiles); restarts 1.. get knots drawn uniformly on the
+    grid (``init_knots``) and jaxfeat's least-squares (c, l) for them. jaxfeat's other restarts
+    (direction patterns, jitter) are not reachable through the public API.
     """
-    p = jnp.asarray(probs)
-    t = jnp.asarray(t, p.dtype)
-    u = (t - t[0]) / (t[-1] - t[0])
-    keys = jax.random.split(jf_fit._key(key), p.shape[0])
+    B = probs.shape[0]
+    rng = np.random.default_rng(seed)
+    knots = np.full((B, restarts, k), np.nan, np.float32)
+    knots[:, 1:] = np.sort(rng.uniform(t[0], t[-1], (B, restarts - 1, k)), axis=-1)
+    p = jnp.asarray(np.repeat(probs, restarts, axis=0))
+    params = _start_fn(k)(jnp.asarray(t, p.dtype), p, jnp.asarray(knots.reshape(B * restarts, k)))
+    return Features(*(np.asarray(x).reshape(B, restarts, *np.shape(x)[1:]) for x in params))
 
-    def one(kk, pp):
-        ks = jax.random.split(kk, restarts)
-        return jax.vmap(lambda r_key, r: _private(
-            jf_fit._init_member, key=r_key, r=r, k_used=jnp.int32(k), k_max=k,
-            n_restarts=restarts, u=u, p=pp, activation="relu", init_knots=None,
-        ))(ks, jnp.arange(restarts))
 
-    members = jax.jit(jax.vmap(one))(keys, p)
-    if internal:
-        return members
-    return jf_fit._to_features(members, t[0], t[-1] - t[0], "relu")
+@functools.cache
+def _start_fn(k: int):
+    # Compiled as one program: the eager call would compile its small operations once more.
+    return jax.jit(
+        lambda t, p, knots: (
+            jaxfeat.fit_batch(
+                t, p, k, restarts=1, max_steps=1, optimizer=HOLD, init_knots=knots
+            ).params
+        )
+    )
 
 
 def random_init(t, n: int, restarts: int, k: int, V: int, seed: int = 0) -> Features:
@@ -278,32 +318,62 @@ def _take(params: Features, idx) -> Features:
 
 
 def _stratified(bw: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
-    """n target indices drawn at random, n / 4 of each bandwidth."""
-    return np.sort(np.concatenate([rng.choice(np.flatnonzero(bw == b), n // 4, replace=False)
-                                   for b in range(1, 5)]))
+    """n target indices drawn at random, n / 4 of each bandwidth (bandwidths 1.. first for the
+    remainder when n is not a multiple of 4)."""
+    counts = [n // 4 + (b <= n % 4) for b in range(1, 5)]
+    return np.sort(
+        np.concatenate(
+            [
+                rng.choice(np.flatnonzero(bw == b), c, replace=False)
+                for b, c in zip(range(1, 5), counts, strict=True)
+                if c
+            ]
+        )
+    )
+
+
+def work_queue_lanes(n_members: int, T: int, V: int, k: int, itemsize: int) -> int:
+    """The lanes (members stepped together) of jaxfeat's Gauss-Newton work queue, re-derived from
+    :class:`jaxfeat.SolverSettings`' documentation: on CPU as many as keep the (lanes, T,
+    (k + 1) V) intermediates within ``cpu_lane_bytes``, elsewhere ``accelerator_lanes``."""
+    if jax.default_backend() != "cpu":
+        return max(1, min(n_members, SOLVER.accelerator_lanes))
+    return int(np.clip(SOLVER.cpu_lane_bytes // (T * (k + 1) * V * itemsize), 1, n_members))
 
 
 # ---------------------------------------------------------------------------------------------
 # Methods
 
 
-def run_jaxfeat(t, probs, k: int, budgets, fit_fn=None, default_repeat_s: float = 20.0) -> dict:
-    """jaxfeat at several step budgets; the default budget gets a warm call up to a time limit."""
-    fit_fn = fit_fn or (lambda s: jaxfeat.fit_batch(t, probs, k, restarts=RESTARTS, max_steps=s))
+def run_jaxfeat(
+    t, probs, k: int, budgets, cfg: dict, fit_fn=None, default_repeat_s: float = 20.0
+) -> dict:
+    """jaxfeat at several step budgets; the default budget gets a warm call up to a time limit,
+    and XLA's buffer sizes of the call compiled as one program."""
+    R, default = cfg["restarts"], cfg["max_steps"]
+    fit_fn = fit_fn or (lambda s: jaxfeat.fit_batch(t, probs, k, restarts=R, max_steps=s))
     rows = []
     for steps in budgets:
-        with kernel_probe() as probe:
-            res, rec = measure(lambda s=steps: fit_fn(s), warm=(steps == MAX_STEPS),
-                               max_repeat_s=default_repeat_s)
-        rec["xla_total_bytes"] = probe.get("xla_total_bytes")
+        res, rec = measure(
+            lambda s=steps: fit_fn(s), warm=(steps == default), max_repeat_s=default_repeat_s
+        )
+        if steps == default:
+            info = compiled_fit(t, probs, k, restarts=R, max_steps=steps)[1]
+            rec["xla_total_bytes"] = info.get("xla_total_bytes")
         losses = mean_kl64(res.params, t, probs)
-        rec.update(max_steps=steps, loss_per_target=losses.tolist(), loss=float(losses.mean()),
-                   converged_fraction=float(np.mean(np.asarray(res.restart_converged))),
-                   num_steps_best_mean=float(np.mean(np.asarray(res.num_steps))))
+        rec.update(
+            max_steps=steps,
+            loss_per_target=losses.tolist(),
+            loss=float(losses.mean()),
+            converged_fraction=float(np.mean(np.asarray(res.restart_converged))),
+            num_steps_best_mean=float(np.mean(np.asarray(res.num_steps))),
+        )
         rows.append(rec)
-        log(f"  jaxfeat max_steps={steps}: loss {rec['loss']:.4g} first {rec['first_s']:.2f}s "
-            f"compile {rec['compile_s']:.2f}s warm {rec['warm_s']:.2f}s")
-    return {"budgets": rows, "default_max_steps": MAX_STEPS}
+        log(
+            f"  jaxfeat max_steps={steps}: loss {rec['loss']:.4g} first {rec['first_s']:.2f}s "
+            f"compile {rec['compile_s']:.2f}s warm {rec['warm_s']:.2f}s"
+        )
+    return {"budgets": rows, "default_max_steps": default}
 
 
 @functools.cache
@@ -338,16 +408,19 @@ def run_optax(t, probs, init: Features, budgets, max_repeat_s: float = 5.0) -> d
     tj, pj = jnp.asarray(t, jnp.float32), jnp.asarray(probs, jnp.float32)
     rows = []
     for i, steps in enumerate(budgets):
-        x, rec = measure(lambda s=steps: solver(tj, pj, init, s), max_repeat_s=max_repeat_s,
-                         repeats=2)
+        x, rec = measure(
+            lambda s=steps: solver(tj, pj, init, s), max_repeat_s=max_repeat_s, repeats=2
+        )
         if i == 0:
             rec["note"] = "this first call compiles the solver for every step budget"
         losses = mean_kl64(x, t, probs[:, None])
         losses = np.where(np.isfinite(losses), losses, np.inf).min(axis=1)
         rec.update(steps=steps, loss_per_target=losses.tolist(), loss=float(losses.mean()))
         rows.append(rec)
-        log(f"  optax steps={steps} n={len(probs)}: loss {rec['loss']:.4g} "
-            f"first {rec['first_s']:.2f}s warm {rec['warm_s']:.2f}s")
+        log(
+            f"  optax steps={steps} n={len(probs)}: loss {rec['loss']:.4g} "
+            f"first {rec['first_s']:.2f}s warm {rec['warm_s']:.2f}s"
+        )
     return {"budgets": rows}
 
 
@@ -374,7 +447,19 @@ def _stall_callback(traj: dict) -> Callable:
     return callback
 
 
-def run_scipy(t, probs, init: Features, k: int, iter_grid) -> dict:
+@functools.cache
+def _scipy_value_and_grad(k: int, V: int):
+    """Jitted float64 value and gradient of the mean KL in the flat (c, l, w, b) vector."""
+
+    def loss(x, t, p):
+        c, l = x[:V], x[V : V + k * V].reshape(k, V)
+        w, b = x[V + k * V : V + k * V + k], x[V + k * V + k :]
+        return jaxfeat.mean_kl(Features.create(c, l, w, b), t, p)
+
+    return jax.jit(jax.value_and_grad(loss))
+
+
+def run_scipy(t, probs, init: Features, k: int, iter_grid, max_steps: int = MAX_STEPS) -> dict:
     """SciPy L-BFGS-B, one restart after another, with jaxfeat's stall rule and step cap.
 
     Records the loss and the wall-clock time after every iteration, so the loss reached within
@@ -384,13 +469,8 @@ def run_scipy(t, probs, init: Features, k: int, iter_grid) -> dict:
     R = init.c.shape[1]
     with jax.enable_x64(True):
         t64 = jnp.asarray(t, jnp.float64)
-
-        def loss(x, p):
-            c, l = x[:V], x[V:V + k * V].reshape(k, V)
-            w, b = x[V + k * V:V + k * V + k], x[V + k * V + k:]
-            return jaxfeat.mean_kl(Features.create(c, l, w, b), t64, p)
-
-        vg = jax.jit(jax.value_and_grad(loss))
+        vg_t = _scipy_value_and_grad(k, V)
+        vg = lambda x, p: vg_t(x, t64, p)
         p0 = jnp.asarray(probs[0], jnp.float64)
         _, compile_rec = measure(lambda: vg(jnp.asarray(_flat(init, 0, 0)), p0), warm=False)
         per_target, fn_time, nfev = [], 0.0, 0
@@ -412,14 +492,27 @@ def run_scipy(t, probs, init: Features, k: int, iter_grid) -> dict:
 
                 traj = {"loss": [], "time": [], "start": time.perf_counter()}
                 f0, _ = fun(x0)
-                res = minimize(fun, x0, jac=True, method="L-BFGS-B",
-                               callback=_stall_callback(traj),
-                               options={"maxiter": MAX_STEPS, "ftol": 0.0, "gtol": 0.0})
+                res = minimize(
+                    fun,
+                    x0,
+                    jac=True,
+                    method="L-BFGS-B",
+                    callback=_stall_callback(traj),
+                    options={"maxiter": max_steps, "ftol": 0.0, "gtol": 0.0},
+                )
                 total = time.perf_counter() - traj["start"]
                 fn_time += state["fn"]
                 nfev += state["n"]
-                restarts.append({"loss0": f0, "loss": traj["loss"], "time": traj["time"],
-                                 "total": total, "final": float(res.fun), "nit": int(res.nit)})
+                restarts.append(
+                    {
+                        "loss0": f0,
+                        "loss": traj["loss"],
+                        "time": traj["time"],
+                        "total": total,
+                        "final": float(res.fun),
+                        "nit": int(res.nit),
+                    }
+                )
             per_target.append(restarts)
         wall = time.perf_counter() - start_all
     # Loss and time within an iteration budget m, summed over the serial restarts.
@@ -439,17 +532,28 @@ def run_scipy(t, probs, init: Features, k: int, iter_grid) -> dict:
                 best = min(best, rr["loss"][j])
                 secs += rr["total"] if m >= n else rr["time"][j]
             losses.append(best)
-        curve.append({"iterations": m, "time_s": secs, "loss_per_target": losses,
-                      "loss": float(np.mean(losses))})
+        curve.append(
+            {
+                "iterations": m,
+                "time_s": secs,
+                "loss_per_target": losses,
+                "loss": float(np.mean(losses)),
+            }
+        )
     finals = [min(rr["final"] for rr in rs) for rs in per_target]
     nits = [rr["nit"] for rs in per_target for rr in rs]
-    return {"compile_s": compile_rec["compile_s"], "warm_s": wall,
-            "warm_method": "one serial pass (jitted function compiled beforehand)",
-            "loss_per_target": finals, "loss": float(np.mean(finals)),
-            "fraction_time_in_value_and_grad": fn_time / wall, "function_evaluations": nfev,
-            "iterations_mean": float(np.mean(nits)),
-            "stopped_by_stall_fraction": float(np.mean([n < MAX_STEPS for n in nits])),
-            "curve": curve}
+    return {
+        "compile_s": compile_rec["compile_s"],
+        "warm_s": wall,
+        "warm_method": "one serial pass (jitted function compiled beforehand)",
+        "loss_per_target": finals,
+        "loss": float(np.mean(finals)),
+        "fraction_time_in_value_and_grad": fn_time / wall,
+        "function_evaluations": nfev,
+        "iterations_mean": float(np.mean(nits)),
+        "stopped_by_stall_fraction": float(np.mean([n < max_steps for n in nits])),
+        "curve": curve,
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -475,8 +579,10 @@ def compare(methods: dict[str, tuple[dict, str]], scale: dict[str, float]) -> di
     speed-up is the baseline's time for its final loss over the time jaxfeat needs to reach a
     loss at least as low; it is a lower bound when jaxfeat's smallest budget already does.
     """
-    pts = {m: [(tm * scale.get(m, 1.0), loss) for tm, loss in _curve(d, kind)]
-           for m, (d, kind) in methods.items()}
+    pts = {
+        m: [(tm * scale.get(m, 1.0), loss) for tm, loss in _curve(d, kind)]
+        for m, (d, kind) in methods.items()
+    }
     ref = REF_FACTOR * min(loss for p in pts.values() for _, loss in p)
     reach = {m: time_to(p, ref) for m, p in pts.items()}
     out: dict[str, Any] = {
@@ -497,8 +603,11 @@ def compare(methods: dict[str, tuple[dict, str]], scale: dict[str, float]) -> di
             "jaxfeat_time_to_baseline_loss_s": t_j,
             "speedup_at_matched_loss": None if t_j is None else final_t / t_j,
             "lower_bound": t_j is not None and t_j == jf[0][0] and jf[0][1] < final_loss,
-            "speedup_to_reference": (None if reach[m] is None or reach["jaxfeat"] is None
-                                     else reach[m] / reach["jaxfeat"]),
+            "speedup_to_reference": (
+                None
+                if reach[m] is None or reach["jaxfeat"] is None
+                else reach[m] / reach["jaxfeat"]
+            ),
         }
     out["jaxfeat_vs"] = ratios
     return out
@@ -508,8 +617,9 @@ def restrict(method: dict, kind: str, idx) -> dict:
     """The same method's results with losses averaged over a subset of targets only."""
     idx = np.asarray(idx)
     key = "curve" if kind == "scipy" else "budgets"
-    rows = [dict(r, loss=float(np.mean(np.asarray(r["loss_per_target"])[idx])))
-            for r in method[key]]
+    rows = [
+        dict(r, loss=float(np.mean(np.asarray(r["loss_per_target"])[idx]))) for r in method[key]
+    ]
     return dict(method, **{key: rows})
 
 
@@ -517,51 +627,82 @@ def restrict(method: dict, kind: str, idx) -> dict:
 # Sections
 
 
+def _sizes(cfg: dict) -> str:
+    return f"k={cfg['k']}, {cfg['restarts']} restarts"
+
+
 def section_single(cfg: dict) -> dict:
-    tgt = jaxfeat.targets.oscillating(2)
+    tgt = jaxfeat.targets.oscillating(2, n=cfg["T"])
     t, probs = np.asarray(tgt.t), np.asarray(tgt.probs)[None]
-    k = 8
+    k, R, V = cfg["k"], cfg["restarts"], probs.shape[-1]
     log("single target: jaxfeat")
-    jf = run_jaxfeat(t, probs, k, cfg["jaxfeat_budgets"], fit_fn=lambda s: jax.tree.map(
-        lambda x: x[None], jaxfeat.fit(tgt, k, restarts=RESTARTS, max_steps=s)))
+    jf = run_jaxfeat(
+        t,
+        probs,
+        k,
+        cfg["jaxfeat_budgets"],
+        cfg,
+        fit_fn=lambda s: jax.tree.map(
+            lambda x: x[None], jaxfeat.fit(tgt, k, restarts=R, max_steps=s)
+        ),
+    )
     log("single target: optax")
-    ox = run_optax(t, probs, random_init(t, 1, RESTARTS, k, 3), cfg["optax_budgets_single"])
-    log("single target: scipy (jaxfeat init)")
-    sp = run_scipy(t, probs, jaxfeat_init(t, probs, k, RESTARTS), k, cfg["scipy_iters"])
+    ox = run_optax(t, probs, random_init(t, 1, R, k, V), cfg["optax_budgets_single"])
+    log("single target: scipy (jaxfeat's starting points)")
+    sp = run_scipy(t, probs, jaxfeat_start(t, probs, k, R), k, cfg["scipy_iters"], cfg["max_steps"])
     log("single target: scipy (random init)")
-    sp_rand = run_scipy(t, probs, random_init(t, 1, RESTARTS, k, 3), k, cfg["scipy_iters"])
-    methods = {"jaxfeat": (jf, "jaxfeat"), "optax_lbfgs": (ox, "optax"),
-               "scipy_lbfgsb": (sp, "scipy"), "scipy_lbfgsb_random_init": (sp_rand, "scipy")}
+    sp_rand = run_scipy(
+        t, probs, random_init(t, 1, R, k, V), k, cfg["scipy_iters"], cfg["max_steps"]
+    )
+    methods = {
+        "jaxfeat": (jf, "jaxfeat"),
+        "optax_lbfgs": (ox, "optax"),
+        "scipy_lbfgsb": (sp, "scipy"),
+        "scipy_lbfgsb_random_init": (sp_rand, "scipy"),
+    }
     jf["fits_per_minute_warm"] = 60 / jf["budgets"][-1]["warm_s"]
     return {
-        "description": "jaxfeat.targets.oscillating(2) (T=256, V=3), k=8, 16 restarts; jaxfeat.fit",
+        "description": (
+            f"jaxfeat.targets.oscillating(2) (T={cfg['T']}, V={V}), {_sizes(cfg)}; jaxfeat.fit"
+        ),
         "methods": {m: d for m, (d, _) in methods.items()},
         "comparison": compare(methods, {}),
     }
 
 
 def section_batch(cfg: dict) -> dict:
-    n, k = cfg["batch_size"], 8
-    t, probs, bw = mixed_batch(n)
+    n, k, R = cfg["batch_size"], cfg["k"], cfg["restarts"]
+    t, probs, bw = mixed_batch(n, cfg["T"], cfg["V"])
+    V = probs.shape[-1]
     log(f"batch of {n}: jaxfeat")
-    jf = run_jaxfeat(t, probs, k, cfg["jaxfeat_budgets_batch"],
-                     default_repeat_s=cfg["batch_repeat_s"])
+    jf = run_jaxfeat(
+        t, probs, k, cfg["jaxfeat_budgets_batch"], cfg, default_repeat_s=cfg["batch_repeat_s"]
+    )
     default = jf["budgets"][-1]
     jf["targets_per_minute_warm"] = 60 * n / default["warm_s"]
     rng = np.random.default_rng(0)
     sub = _stratified(bw, cfg["scipy_subset"], rng)
     log(f"batch: scipy on {len(sub)} targets")
-    sp = run_scipy(t, probs[sub], _take(jaxfeat_init(t, probs, k, RESTARTS), sub), k,
-                   cfg["scipy_iters"])
-    sp.update(subset=sub.tolist(), extrapolated_warm_s=sp["warm_s"] * n / len(sub),
-              extrapolation=f"serial: times x {n}/{len(sub)} (linear in the number of targets)",
-              targets_per_minute_warm=60 * len(sub) / sp["warm_s"])
+    sp = run_scipy(
+        t, probs[sub], jaxfeat_start(t, probs[sub], k, R), k, cfg["scipy_iters"], cfg["max_steps"]
+    )
+    sp.update(
+        subset=sub.tolist(),
+        extrapolated_warm_s=sp["warm_s"] * n / len(sub),
+        extrapolation=f"serial: times x {n}/{len(sub)} (linear in the number of targets)",
+        targets_per_minute_warm=60 * len(sub) / sp["warm_s"],
+    )
     ox_runs = {}
     for m in cfg["optax_subsets"]:
         idx = _stratified(bw, m, rng)
         log(f"batch: optax on {m} targets")
-        ox_runs[m] = run_optax(t, probs[idx], random_init(t, m, RESTARTS, k, 3, seed=1),
-                               cfg["optax_budgets_batch"], max_repeat_s=cfg["optax_repeat_s"])
+        ox_runs[m] = run_optax(
+            t,
+            probs[idx],
+            random_init(t, m, R, k, V, seed=1),
+            cfg["optax_budgets_batch"],
+            max_repeat_s=cfg["optax_repeat_s"],
+        )
         ox_runs[m]["subset"] = idx.tolist()
     # vmapped time is affine in the batch size (a fixed per-step overhead plus per-member work):
     # fit it on the two subset sizes and evaluate it at the whole batch.
@@ -570,65 +711,104 @@ def section_batch(cfg: dict) -> dict:
     for b1, b2 in zip(ox_runs[m1]["budgets"], ox_runs[m2]["budgets"], strict=True):
         slope = max((b2["warm_s"] - b1["warm_s"]) / (m2 - m1), 0.0)
         intercept = b2["warm_s"] - slope * m2
-        ox["budgets"].append({"steps": b2["steps"], "warm_s": intercept + slope * n,
-                              "seconds_per_target": slope, "loss": b2["loss"],
-                              "loss_per_target": b2["loss_per_target"]})
-    ox["extrapolation"] = (f"warm time fitted as a + b * n on subsets n = {m1}, {m2} and evaluated "
-                           f"at n = {n}; losses are those of the n = {m2} subset. Under vmap the "
-                           "line search runs as long as its slowest member, which grows with n, "
-                           "so this favours the baseline.")
+        ox["budgets"].append(
+            {
+                "steps": b2["steps"],
+                "warm_s": intercept + slope * n,
+                "seconds_per_target": slope,
+                "loss": b2["loss"],
+                "loss_per_target": b2["loss_per_target"],
+            }
+        )
+    ox["extrapolation"] = (
+        f"warm time fitted as a + b * n on subsets n = {m1}, {m2} and evaluated "
+        f"at n = {n}; losses are those of the n = {m2} subset. Under vmap the "
+        "line search runs as long as its slowest member, which grows with n, "
+        "so this favours the baseline."
+    )
     ox["targets_per_minute_warm"] = 60 * n / ox["budgets"][-1]["warm_s"]
-    cmp_scipy = compare({"jaxfeat": (restrict(jf, "jaxfeat", sub), "jaxfeat"),
-                         "scipy_lbfgsb": (sp, "scipy")}, {"scipy_lbfgsb": n / len(sub)})
-    cmp_optax = compare({"jaxfeat": (restrict(jf, "jaxfeat", ox_runs[m2]["subset"]), "jaxfeat"),
-                         "optax_lbfgs": (ox, "optax")}, {})
+    cmp_scipy = compare(
+        {"jaxfeat": (restrict(jf, "jaxfeat", sub), "jaxfeat"), "scipy_lbfgsb": (sp, "scipy")},
+        {"scipy_lbfgsb": n / len(sub)},
+    )
+    cmp_optax = compare(
+        {
+            "jaxfeat": (restrict(jf, "jaxfeat", ox_runs[m2]["subset"]), "jaxfeat"),
+            "optax_lbfgs": (ox, "optax"),
+        },
+        {},
+    )
     return {
-        "description": (f"{n} jaxfeat.targets.random_smooth targets (bandwidth 1 + i % 4, V=3, "
-                        "T=256), k=8, 16 restarts; jaxfeat.fit_batch"),
+        "description": (
+            f"{n} jaxfeat.targets.random_smooth targets (bandwidth 1 + i % 4, V={V}, "
+            f"T={cfg['T']}), {_sizes(cfg)}; jaxfeat.fit_batch"
+        ),
         "methods": {"jaxfeat": jf, "scipy_lbfgsb": sp, "optax_lbfgs": ox},
-        "comparison": {"scipy_lbfgsb": cmp_scipy, "optax_lbfgs": cmp_optax,
-                       "note": ("each comparison averages losses over the targets its baseline ran "
-                                "on; all times are for the whole batch")},
+        "comparison": {
+            "scipy_lbfgsb": cmp_scipy,
+            "optax_lbfgs": cmp_optax,
+            "note": (
+                "each comparison averages losses over the targets its baseline ran "
+                "on; all times are for the whole batch"
+            ),
+        },
     }
 
 
 def section_ks(cfg: dict) -> dict:
-    tgt = jaxfeat.targets.oscillating(2)
+    tgt = jaxfeat.targets.oscillating(2, n=cfg["T"])
     t, probs = np.asarray(tgt.t), np.asarray(tgt.probs)
-    ks = list(range(1, cfg["ks_max"] + 1))
-    log(f"k sweep 1..{ks[-1]}: jaxfeat.fit_ks")
-    res, rec = measure(lambda: jaxfeat.fit_ks(tgt, ks, restarts=RESTARTS))
+    R, M, V = cfg["restarts"], cfg["max_steps"], probs.shape[-1]
+    ks = list(range(cfg.get("ks_min", 1), cfg["ks_max"] + 1))
+    log(f"k sweep {ks[0]}..{ks[-1]}: jaxfeat.fit_ks")
+    res, rec = measure(lambda: jaxfeat.fit_ks(tgt, ks, restarts=R, max_steps=M))
     rec["loss_per_k"] = [float(mean_kl64(r.params, t, probs)) for r in res]
     jl = dict(zip(ks, rec["loss_per_k"], strict=True))
     sub = [k for k in cfg["ks_baseline"] if k <= ks[-1]]
     runs: dict[str, dict] = {"jaxfeat_fit_per_k": {}, "scipy_lbfgsb": {}, "optax_lbfgs": {}}
     log(f"k sweep: jaxfeat.fit, scipy and optax at k = {sub}")
     for k in sub:
-        r, m = measure(lambda k=k: jaxfeat.fit(tgt, k, restarts=RESTARTS))
-        runs["jaxfeat_fit_per_k"][k] = {"warm_s": m["warm_s"], "compile_s": m["compile_s"],
-                                        "loss": float(mean_kl64(r.params, t, probs))}
-        s = run_scipy(t, probs[None], jaxfeat_init(t, probs[None], k, RESTARTS), k, [MAX_STEPS])
+        r, m = measure(lambda k=k: jaxfeat.fit(tgt, k, restarts=R, max_steps=M))
+        runs["jaxfeat_fit_per_k"][k] = {
+            "warm_s": m["warm_s"],
+            "compile_s": m["compile_s"],
+            "loss": float(mean_kl64(r.params, t, probs)),
+        }
+        s = run_scipy(t, probs[None], jaxfeat_start(t, probs[None], k, R), k, [M], M)
         runs["scipy_lbfgsb"][k] = {"warm_s": s["warm_s"], "loss": s["loss"]}
-        o = run_optax(t, probs[None], random_init(t, 1, RESTARTS, k, 3),
-                      [cfg["optax_budgets_ks"]])["budgets"][0]
-        runs["optax_lbfgs"][k] = {"warm_s": o["warm_s"], "compile_s": o["compile_s"],
-                                  "loss": o["loss"], "steps": o["steps"]}
+        o = run_optax(t, probs[None], random_init(t, 1, R, k, V), [cfg["optax_budgets_ks"]])[
+            "budgets"
+        ][0]
+        runs["optax_lbfgs"][k] = {
+            "warm_s": o["warm_s"],
+            "compile_s": o["compile_s"],
+            "loss": o["loss"],
+            "steps": o["steps"],
+        }
 
     def summary(d):
-        # Serial per-k runs: the total over k = 1..k_max interpolates time linearly in k.
+        # Serial per-k runs: the total over the swept k interpolates time linearly in k.
         total = float(np.sum(np.interp(ks, sub, [d[k]["warm_s"] for k in sub])))
         ok = [jl[k] <= d[k]["loss"] * REF_FACTOR for k in sub]
-        return {"per_k": {str(k): v for k, v in d.items()}, "total_warm_s_interpolated": total,
-                "fit_ks_speedup_warm": total / rec["warm_s"],
-                "fit_ks_loss_within_5pct_or_lower_fraction": float(np.mean(ok))}
+        return {
+            "per_k": {str(k): v for k, v in d.items()},
+            "total_warm_s_interpolated": total,
+            "fit_ks_speedup_warm": total / rec["warm_s"],
+            "fit_ks_loss_within_5pct_or_lower_fraction": float(np.mean(ok)),
+        }
 
     return {
-        "description": (f"jaxfeat.targets.oscillating(2), k = 1..{ks[-1]}, 16 restarts; one "
-                        "fit_ks call against per-k serial runs"),
-        "ks": ks, "jaxfeat_fit_ks": rec,
+        "description": (
+            f"jaxfeat.targets.oscillating(2), k = {ks[0]}..{ks[-1]}, {R} restarts; one "
+            "fit_ks call against per-k serial runs"
+        ),
+        "ks": ks,
+        "jaxfeat_fit_ks": rec,
         **{name: summary(d) for name, d in runs.items()},
-        "note": (f"per-k runs measured at k = {sub}; their total over all k is interpolated "
-                 "linearly in k. fit_ks pads every k to k_max feature slots."),
+        "note": (
+            f"per-k runs measured at k = {sub}; their total over all k is interpolated "
+            "linearly in k. fit_ks pads every k to k_max feature slots."
+        ),
     }
 
 
@@ -640,15 +820,17 @@ def _loglog_slope(x, y) -> float | None:
     return float(np.polyfit(np.log(x[ok]), np.log(y[ok]), 1)[0])
 
 
-def _n_params(name: str, value: int) -> int:
-    """Parameters per restart, (k + 1) V + k, at a point of a sweep (defaults k = 8, V = 3)."""
-    k = value if name == "k" else 8
-    V = value if name == "V" else 3
+def _n_params(name: str, value: int, k: int = 8, V: int = 3) -> int:
+    """Parameters per restart, (k + 1) V + k, at a point of a sweep (other sizes at k, V)."""
+    k = value if name == "k" else k
+    V = value if name == "V" else V
     return (k + 1) * V + k
 
 
-def growth_laws(name: str, points: list[dict]) -> dict:
-    """Log-log slopes of warm time and kernel memory against the swept size.
+def growth_laws(
+    name: str, points: list[dict], k: int = 8, V: int = 3, lm_max_params: int = SOLVER.lm_max_params
+) -> dict:
+    """Log-log slopes of warm time and compiled-fit memory against the swept size.
 
     Fitted over all points, over the upper half (where fixed costs matter least), and, where the
     default optimiser changes along the sweep, separately for the Gauss-Newton points.
@@ -664,18 +846,21 @@ def growth_laws(name: str, points: list[dict]) -> dict:
         "memory_slope_all": _loglog_slope(xs, mem),
         "memory_slope_upper_half": _loglog_slope(xs[upper], mem[upper]),
     }
-    lm = np.array([_n_params(name, p["value"]) <= jf_fit.LM_MAX_PARAMS for p in done])
+    lm = np.array([_n_params(name, p["value"], k, V) <= lm_max_params for p in done], bool)
     if 0 < lm.sum() < len(done):
-        out.update(time_slope_gauss_newton=_loglog_slope(xs[lm], times[lm]),
-                   memory_slope_gauss_newton=_loglog_slope(xs[lm], mem[lm]),
-                   time_slope_lbfgs=_loglog_slope(xs[~lm], times[~lm]),
-                   memory_slope_lbfgs=_loglog_slope(xs[~lm], mem[~lm]))
+        out.update(
+            time_slope_gauss_newton=_loglog_slope(xs[lm], times[lm]),
+            memory_slope_gauss_newton=_loglog_slope(xs[lm], mem[lm]),
+            time_slope_lbfgs=_loglog_slope(xs[~lm], times[~lm]),
+            memory_slope_lbfgs=_loglog_slope(xs[~lm], mem[~lm]),
+        )
     return out
 
 
 def section_scaling(cfg: dict, batch: dict | None = None) -> dict:
     out: dict[str, Any] = {}
     cap = cfg["scaling_cap_s"]
+    K, T0, V0, R, M = cfg["k"], cfg["T"], cfg["V"], cfg["restarts"], cfg["max_steps"]
 
     def sweep(name, values, make):
         points = []
@@ -688,23 +873,34 @@ def section_scaling(cfg: dict, batch: dict | None = None) -> dict:
                 points.append(dict(batch["point"], value=v, reused="batch section"))
                 continue
             t, probs, k = make(v)
-            with kernel_probe() as probe:
-                res, rec = measure(lambda t=t, probs=probs, k=k: jaxfeat.fit_batch(
-                    t, probs, k, restarts=RESTARTS), max_repeat_s=cap / 3)
-            rec.update(value=v, targets=len(probs), seconds_per_target=rec["warm_s"] / len(probs),
-                       loss=float(np.mean(mean_kl64(res.params, t, probs))),
-                       xla_bytes=probe.get("xla_bytes"),
-                       xla_total_bytes=probe.get("xla_total_bytes"))
+            res, rec = measure(
+                lambda t=t, probs=probs, k=k: jaxfeat.fit_batch(
+                    t, probs, k, restarts=R, max_steps=M
+                ),
+                max_repeat_s=cap / 3,
+            )
+            info = compiled_fit(t, probs, k, restarts=R, max_steps=M)[1]
+            rec.update(
+                value=v,
+                targets=len(probs),
+                seconds_per_target=rec["warm_s"] / len(probs),
+                loss=float(np.mean(mean_kl64(res.params, t, probs))),
+                xla_bytes=info.get("xla_bytes"),
+                xla_total_bytes=info.get("xla_total_bytes"),
+                xla_compile_s=info["compile_s"],
+            )
             points.append(rec)
-            log(f"  scaling {name}={v}: warm {rec['warm_s']:.3f}s first {rec['first_s']:.2f}s "
-                f"xla buffers {(rec['xla_total_bytes'] or 0) / 2**20:.1f} MiB")
-        out[name] = {"points": points, **growth_laws(name, points)}
+            log(
+                f"  scaling {name}={v}: warm {rec['warm_s']:.3f}s first {rec['first_s']:.2f}s "
+                f"xla buffers {(rec['xla_total_bytes'] or 0) / 2**20:.1f} MiB"
+            )
+        out[name] = {"points": points, **growth_laws(name, points, K, V0)}
 
     def batch_of(b):
-        t, probs, _ = mixed_batch(b)
-        return t, probs, 8
+        t, probs, _ = mixed_batch(b, T0, V0)
+        return t, probs, K
 
-    def one(k=8, T=256, V=3):
+    def one(k=K, T=T0, V=V0):
         tg = jaxfeat.targets.random_smooth(0, 4, V, n=T)
         return np.asarray(tg.t), np.asarray(tg.probs)[None], k
 
@@ -717,107 +913,146 @@ def section_scaling(cfg: dict, batch: dict | None = None) -> dict:
     sweep("T", grids["T"], lambda T: one(T=T))
     log("scaling: V")
     sweep("V", grids["V"], lambda V: one(V=V))
-    out["lm_max_params"] = jf_fit.LM_MAX_PARAMS
+    out["lm_max_params"] = SOLVER.lm_max_params
+    out["defaults"] = {"k": K, "T": T0, "V": V0, "restarts": R, "max_steps": M}
     out["notes"] = (
-        "Warm time of one fit_batch call with 16 restarts per target and defaults otherwise "
-        "(k = 8, T = 256, V = 3, one random_smooth bandwidth-4 target; the batch-size sweep uses "
-        "the mixed batch). Slopes are least-squares fits of log time (or log memory) against log "
-        "size: the growth law is time ~ size^slope. Memory is XLA's buffer total of the compiled "
-        "fitting kernel (temporaries + arguments + outputs). The default optimiser switches from "
-        f"Gauss-Newton to optax.lbfgs above {jf_fit.LM_MAX_PARAMS} parameters ((k + 1) V + k), so "
-        "the k and V sweeps cross a change of regime. Points after one whose first call took "
+        f"Warm time of one fit_batch call with {R} restarts per target and max_steps={M} "
+        f"(k = {K}, T = {T0}, V = {V0}, one random_smooth bandwidth-4 target; the batch-size "
+        "sweep uses the mixed batch). Slopes are least-squares fits of log time (or log memory) "
+        "against log size: the growth law is time ~ size^slope. Memory is XLA's buffer total "
+        "(temporaries + arguments + outputs) of the same public call compiled as one program, "
+        "jax.jit(fit_batch).lower(t, probs).compile().memory_analysis(). The default optimiser "
+        f"switches from Gauss-Newton to optax.lbfgs above {SOLVER.lm_max_params} parameters "
+        "((k + 1) V + k), so the k and V sweeps cross a change of regime; warm_compile_s on a "
+        "point means its warm calls compiled again. Points after one whose first call took "
         f"longer than {cap} s are skipped."
     )
     return out
 
 
 def section_breakdown(cfg: dict) -> dict:
-    """Cost of one Levenberg-Marquardt step and of its parts, per member, against the whole fit.
+    """Cost of one Gauss-Newton step inside the fit, per member, against its parts.
 
-    The parts run on as many members as jaxfeat's kernel steps together (its lanes), so their
-    cost per member is the one the fit pays; the fit's cost per member-step comes from the
-    members' own step counts.
+    The step's cost comes from the public call alone: with the stall check switched off
+    (``SolverSettings(window=2**30)``) every member takes exactly ``2 convex_steps + max(M - 2
+    convex_steps, 2)`` steps for a budget M, so two budgets give the marginal cost of a
+    (joint-phase, knots-free) step with the work queue's bookkeeping, and the intercept the fixed
+    cost (initialisation, selection, dispatch). The parts (loss, gradient, Cholesky) run on as
+    many members as the queue's lanes, through public functions, so their cost per member is
+    comparable.
     """
-    n, k = cfg["breakdown_size"], 8
-    t, probs, _ = mixed_batch(n)
+    n, k, R, M = cfg["breakdown_size"], cfg["k"], cfg["restarts"], cfg["max_steps"]
+    t, probs, _ = mixed_batch(n, cfg["T"], cfg["V"])
     p = jnp.asarray(probs)
+    tj = jnp.asarray(t, p.dtype)
     T, V = probs.shape[1:]
-    u = jnp.asarray((t - t[0]) / (t[-1] - t[0]), p.dtype)
-    eps = jnp.asarray(1.0 / (T - 1), p.dtype)
-    st = _private(jf_fit._Settings, activation="relu", max_steps=MAX_STEPS, ftol=FTOL, atol=ATOL,
-                  window=WINDOW, convex_steps=12)
-    lanes = _private(jf_fit._lanes, n_members=n * RESTARTS, T=T, V=V, k_max=k,
-                     itemsize=p.dtype.itemsize, platform=jax.default_backend())
-    flat = jax.tree.map(lambda x: x.reshape((n * RESTARTS, *x.shape[2:]))[:lanes],
-                        jaxfeat_init(t, probs, k, RESTARTS, internal=True))
-    # A joint-phase step (knots free): the most expensive kind.
-    ms = flat._replace(phase=jnp.ones_like(flat.phase))
-    pm = jnp.repeat(p, RESTARTS, axis=0)[:lanes]
+    members = n * R
+    lanes = work_queue_lanes(members, T, V, k, p.dtype.itemsize)
+    waves = math.ceil(members / lanes)
     P = (k + 1) * V + k
-    lm_step = jax.jit(jax.vmap(lambda m, pp: _private(
-        jf_fit._lm_step, m=m, u=u, p=pp, cfg=st, eps=eps)))
-    reseed = jax.jit(jax.vmap(lambda m, pp: jf_fit._reseed(m, u, pp, "relu", eps)))
-    loss = jax.jit(jax.vmap(lambda m, pp: jf_fit._mean_loss(
-        m.W, m.tau, m.e, m.s, m.mask, u, pp, "relu", eps)))
-    vg = jax.jit(jax.vmap(lambda m, pp: jax.value_and_grad(jf_fit._mean_loss, argnums=(0, 1))(
-        m.W, m.tau, m.e, m.s, m.mask, u, pp, "relu", eps)))
+    c = SOLVER.convex_steps
+    steps_for = lambda budget: 2 * c + max(budget - 2 * c, 2)
+
+    def fixed_fit(budget, solver):
+        # Compiled as one program: no Python overhead in the differences of these times.
+        exe = compiled_fit(t, probs, k, restarts=R, max_steps=budget, solver=solver)[0]
+        return measure(lambda: exe(tj, p), repeats=5)[1]["warm_s"]
+
+    m1, m2 = cfg["breakdown_budgets"]
+    s1, s2 = steps_for(m1), steps_for(m2)
+    t1, t2 = fixed_fit(m1, NO_STALL), fixed_fit(m2, NO_STALL)
+    # Every member takes the same steps, so the lanes run ceil(members / lanes) waves: the loop
+    # iterates waves x steps times, each iteration stepping every lane.
+    loop_step = (t2 - t1) / (waves * (s2 - s1))
+    per_lane_step = loop_step / lanes
+    per_member_step = (t2 - t1) / (members * (s2 - s1))
+
+    # The parts, on `lanes` members, through public functions.
+    prm = jax.tree.map(lambda x: x[0], random_init(t, 1, lanes, k, V))
+    pm = jnp.repeat(p, R, axis=0)[:lanes]
+    loss = jax.jit(jax.vmap(lambda x, pp: jaxfeat.mean_kl(x, tj, pp)))
+    vg = jax.jit(jax.vmap(jax.value_and_grad(lambda x, pp: jaxfeat.mean_kl(x, tj, pp))))
     A = jax.random.normal(jax.random.key(1), (lanes, P, P))
     H = A @ jnp.swapaxes(A, -1, -2) + P * jnp.eye(P)
     g = jnp.ones((lanes, P))
-    solve = jax.jit(lambda H, g: jax.scipy.linalg.cho_solve(
-        jax.scipy.linalg.cho_factor(H, lower=True), g[..., None])[..., 0])
-    rows = {}
-    for name, fn in [("lm_step", lambda: lm_step(ms, pm)), ("reseed", lambda: reseed(ms, pm)),
-                     ("loss", lambda: loss(ms, pm)), ("value_and_grad", lambda: vg(ms, pm)),
-                     ("cholesky_factor_and_solve", lambda: solve(H, g))]:
+    solve = jax.jit(
+        lambda H, g: jax.scipy.linalg.cho_solve(
+            jax.scipy.linalg.cho_factor(H, lower=True), g[..., None]
+        )[..., 0]
+    )
+    rows: dict[str, float] = {"lm_step_in_fit": per_lane_step}
+    for name, fn in [
+        ("loss", lambda: loss(prm, pm)),
+        ("value_and_grad", lambda: vg(prm, pm)),
+        ("cholesky_factor_and_solve", lambda: solve(H, g)),
+    ]:
         rows[name] = measure(fn, repeats=7)[1]["warm_s"] / lanes
     # One optax L-BFGS step (with its zoom line search), per member, for comparison.
-    init = random_init(t, n, RESTARTS, k, V)
+    init = random_init(t, n, R, k, V)
     solver = _optax_solver()
-    tj = jnp.asarray(t, p.dtype)
     one_step = measure(lambda: solver(tj, p, init, 1), repeats=3)[1]["warm_s"]
     more = measure(lambda: solver(tj, p, init, 11), repeats=1)[1]["warm_s"]
-    rows["optax_lbfgs_step"] = (more - one_step) / 10 / (n * RESTARTS)
-    # The whole public call, and the compiled kernel alone (the rest is Python and eager ops).
-    with kernel_probe() as probe:
-        _, fit = measure(lambda: jaxfeat.fit_batch(t, probs, k, restarts=RESTARTS), repeats=1)
-    kernel, member_steps = None, None
-    if "call" in probe:
-        args, kwargs = probe["call"]
-        members, krec = measure(lambda: jf_fit._fit_kernel(*args, **kwargs), repeats=1)
-        kernel = krec["warm_s"]
-        member_steps = int(np.sum(np.asarray(members.steps)))
-    step = rows["lm_step"]
+    rows["optax_lbfgs_step"] = (more - one_step) / 10 / members
+    # The whole public call with its defaults, eager and compiled as one program.
+    _, fit = measure(lambda: jaxfeat.fit_batch(t, probs, k, restarts=R, max_steps=M), repeats=1)
+    exe, info = compiled_fit(t, probs, k, restarts=R, max_steps=M)
+    jit_warm = measure(lambda: exe(tj, p), repeats=3)[1]["warm_s"]
+    fixed_cost = t2 - per_member_step * members * s2
+    fixed_at_default = fixed_cost + per_member_step * members * steps_for(M)
+    step = per_lane_step if per_lane_step > 0 else None
     model = 2 * rows["loss"]  # a step evaluates the model once for q and once for the trial loss
-    assembly = max(step - model - rows["cholesky_factor_and_solve"], 0.0)
-    per_member_step = None if kernel is None else kernel / member_steps
+    assembly = None if step is None else max(step - model - rows["cholesky_factor_and_solve"], 0)
     return {
-        "description": (f"{n} mixed targets x 16 restarts = {n * RESTARTS} members, k=8, V=3, "
-                        f"T=256, P = {P} parameters per member; parts timed on {lanes} members "
-                        "(the kernel's lanes) and given per member"),
+        "description": (
+            f"{n} mixed targets x {R} restarts = {members} members, k={k}, V={V}, "
+            f"T={T}, P = {P} parameters per member; parts timed on {lanes} members "
+            "(the work queue's lanes) and given per member"
+        ),
+        "k": k,
+        "V": V,
+        "T": T,
+        "restarts": R,
         "lanes": lanes,
+        "lanes_method": (
+            "re-derived from SolverSettings.cpu_lane_bytes (CPU) or "
+            "accelerator_lanes, as documented there"
+        ),
         "seconds_per_member": rows,
-        "fit_batch": {k2: fit[k2] for k2 in ("first_s", "compile_s", "warm_s",
-                                             "xla_compilations")},
-        "fit_kernel_compile_s": probe.get("kernel_compile_s"),
-        "fit_kernel_warm_s": kernel,
-        "member_steps_in_fit": member_steps,
-        "fit_seconds_per_member_step": per_member_step,
-        "fit_over_isolated_steps": None if kernel is None else per_member_step / step,
-        "max_steps": MAX_STEPS,
-        "lm_step_fractions": {
-            "model_evaluation": model / step,
-            "gradient_and_ggn_assembly": assembly / step,
-            "cholesky_factor_and_solve": rows["cholesky_factor_and_solve"] / step,
+        "fixed_step_fits": {
+            "solver": "SolverSettings(window=2**30): no stall checks, all members take the budget",
+            "budgets": [m1, m2],
+            "steps_per_member": [s1, s2],
+            "warm_s": [t1, t2],
+            "waves_of_lanes": waves,
         },
-        "reseed_over_lm_step": rows["reseed"] / step,
-        "ggn_assembly_over_value_and_grad": assembly / rows["value_and_grad"],
-        "optax_step_over_value_and_grad": rows["optax_lbfgs_step"] / rows["value_and_grad"],
-        "method": ("model evaluation is two loss evaluations (the step computes q, then the trial "
-                   "loss); the Cholesky part is a factor-and-solve of the same size on random SPD "
-                   "matrices; gradient and GGN assembly is the remainder of the step. "
-                   "fit_over_isolated_steps above 1 is the work queue's own cost (re-seeding, "
-                   "bookkeeping, lanes idle at the end)"),
+        "fit_seconds_per_loop_iteration": loop_step,
+        "fit_seconds_per_member_step": per_member_step,
+        "fit_fixed_cost_s": fixed_cost,
+        "fit_batch": {k2: fit[k2] for k2 in ("first_s", "compile_s", "warm_s", "xla_compilations")},
+        "fit_batch_jit_compile_s": info["compile_s"],
+        "fit_batch_jit_warm_s": jit_warm,
+        "xla_total_bytes": info.get("xla_total_bytes"),
+        "default_fit_over_fixed_step_fit": _ratio(jit_warm, fixed_at_default),
+        "max_steps": M,
+        "lm_step_fractions": {
+            "model_evaluation": _ratio(model, step),
+            "gradient_ggn_assembly_and_queue": _ratio(assembly, step),
+            "cholesky_factor_and_solve": _ratio(rows["cholesky_factor_and_solve"], step),
+        },
+        "ggn_assembly_over_value_and_grad": _ratio(assembly, rows["value_and_grad"]),
+        "optax_step_over_value_and_grad": _ratio(rows["optax_lbfgs_step"], rows["value_and_grad"]),
+        "method": (
+            "lm_step_in_fit is the marginal cost of a joint-phase step inside the public fit "
+            "(two fixed step budgets, stall checks off), per lane: the Gauss-Newton step plus the "
+            "work queue's per-step bookkeeping. loss and value_and_grad are jaxfeat.mean_kl on "
+            "(c, l, w, b) and its gradient; model evaluation is two loss evaluations (a step "
+            "computes q, then the trial loss); the Cholesky part is a "
+            "factor-and-solve of the same size on random SPD matrices; gradient, GGN assembly and "
+            "queue bookkeeping are the remainder of the step. fit_fixed_cost_s is the intercept "
+            "(initialisation, selection, dispatch); default_fit_over_fixed_step_fit is the "
+            "default fit's time over that of a fit whose members all take the whole budget (both "
+            "compiled as one program)."
+        ),
     }
 
 
@@ -828,42 +1063,102 @@ def section_breakdown(cfg: dict) -> dict:
 def environment(label: str | None) -> dict:
     dev = jax.devices()[0]
     return {
-        "jax": jax.__version__, "jaxlib": importlib.metadata.version("jaxlib"),
-        "optax": optax.__version__, "scipy": scipy.__version__, "numpy": np.__version__,
-        "jaxfeat": jaxfeat.__version__, "python": platform.python_version(),
-        "backend": jax.default_backend(), "device_kind": dev.device_kind,
-        "device_count": jax.device_count(), "device_label": label,
+        "jax": jax.__version__,
+        "jaxlib": importlib.metadata.version("jaxlib"),
+        "optax": optax.__version__,
+        "scipy": scipy.__version__,
+        "numpy": np.__version__,
+        "jaxfeat": jaxfeat.__version__,
+        "python": platform.python_version(),
+        "backend": jax.default_backend(),
+        "device_kind": dev.device_kind,
+        "device_count": jax.device_count(),
+        "device_label": label,
         "cpu_count": os.cpu_count(),
         "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "platform": platform.platform(), "machine": platform.machine(),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
         "openblas_num_threads": os.environ.get("OPENBLAS_NUM_THREADS"),
         "load_average_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
         "date_utc": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
 
 
-def config(quick: bool) -> dict:
-    if quick:
+def config(mode: str) -> dict:
+    """Sizes of a run: ``full``, ``quick`` (a few minutes) or ``smoke`` (tiny, to check the code:
+    every call of one shape shares one compiled fit, so compilation is what it costs)."""
+    sizes = {"k": 8, "T": 256, "V": 3, "restarts": RESTARTS, "max_steps": MAX_STEPS}
+    if mode == "smoke":
         return {
-            "jaxfeat_budgets": [MAX_STEPS], "jaxfeat_budgets_batch": [50, MAX_STEPS],
-            "optax_budgets_single": [50, 200], "optax_budgets_batch": [25, 100],
-            "optax_budgets_ks": 100, "scipy_iters": [0, 10, 25, 50, 100, MAX_STEPS],
-            "batch_size": 8, "batch_repeat_s": 20.0, "scipy_subset": 4,
-            "optax_subsets": [4, 8], "optax_repeat_s": 3.0,
-            "ks_max": 3, "ks_baseline": [1, 3],
+            "k": 2,
+            "T": 32,
+            "V": 3,
+            "restarts": 2,
+            "max_steps": 10,
+            "jaxfeat_budgets": [10],
+            "jaxfeat_budgets_batch": [10],
+            "optax_budgets_single": [2, 5],
+            "optax_budgets_batch": [2, 5],
+            "optax_budgets_ks": 5,
+            "scipy_iters": [0, 5, 10],
+            "batch_size": 4,
+            "batch_repeat_s": 2.0,
+            "scipy_subset": 1,
+            "optax_subsets": [1, 4],
+            "optax_repeat_s": 1.0,
+            "ks_min": 2,
+            "ks_max": 2,
+            "ks_baseline": [2],
+            "scaling": {"batch_size": [1, 4], "k": [2], "T": [32], "V": [3]},
+            "scaling_cap_s": 60.0,
+            "breakdown_size": 4,
+            "breakdown_budgets": [26, 60],
+        }
+    if mode == "quick":
+        return {
+            **sizes,
+            "jaxfeat_budgets": [MAX_STEPS],
+            "jaxfeat_budgets_batch": [50, MAX_STEPS],
+            "optax_budgets_single": [50, 200],
+            "optax_budgets_batch": [25, 100],
+            "optax_budgets_ks": 100,
+            "scipy_iters": [0, 10, 25, 50, 100, MAX_STEPS],
+            "batch_size": 8,
+            "batch_repeat_s": 20.0,
+            "scipy_subset": 4,
+            "optax_subsets": [4, 8],
+            "optax_repeat_s": 3.0,
+            "ks_max": 3,
+            "ks_baseline": [1, 3],
             "scaling": {"batch_size": [1, 8], "k": [1, 8], "T": [64, 256], "V": [3, 10]},
-            "scaling_cap_s": 10.0, "breakdown_size": 4,
+            "scaling_cap_s": 10.0,
+            "breakdown_size": 4,
+            "breakdown_budgets": [100, MAX_STEPS],
         }
     return {
-        "jaxfeat_budgets": [25, 50, 100, MAX_STEPS], "jaxfeat_budgets_batch": [25, 50, MAX_STEPS],
-        "optax_budgets_single": [50, 200, 800], "optax_budgets_batch": [50, 200],
-        "optax_budgets_ks": 200, "scipy_iters": [0, 5, 10, 25, 50, 100, 150, MAX_STEPS],
-        "batch_size": 256, "batch_repeat_s": 300.0, "scipy_subset": 64,
-        "optax_subsets": [4, 8], "optax_repeat_s": 5.0,
-        "ks_max": 32, "ks_baseline": [1, 4, 16, 32],
-        "scaling": {"batch_size": [1, 4, 16, 64, 256, 1024, 4096], "k": [1, 2, 4, 8, 16, 32, 64],
-                    "T": [64, 256, 1024, 4096], "V": [3, 10, 30, 100, 300, 1000]},
-        "scaling_cap_s": 40.0, "breakdown_size": 16,
+        **sizes,
+        "jaxfeat_budgets": [25, 50, 100, MAX_STEPS],
+        "jaxfeat_budgets_batch": [25, 50, MAX_STEPS],
+        "optax_budgets_single": [50, 200, 800],
+        "optax_budgets_batch": [50, 200],
+        "optax_budgets_ks": 200,
+        "scipy_iters": [0, 5, 10, 25, 50, 100, 150, MAX_STEPS],
+        "batch_size": 256,
+        "batch_repeat_s": 300.0,
+        "scipy_subset": 64,
+        "optax_subsets": [4, 8],
+        "optax_repeat_s": 5.0,
+        "ks_max": 32,
+        "ks_baseline": [1, 4, 16, 32],
+        "scaling": {
+            "batch_size": [1, 4, 16, 64, 256, 1024, 4096],
+            "k": [1, 2, 4, 8, 16, 32, 64],
+            "T": [64, 256, 1024, 4096],
+            "V": [3, 10, 30, 100, 300, 1000],
+        },
+        "scaling_cap_s": 40.0,
+        "breakdown_size": 16,
+        "breakdown_budgets": [100, MAX_STEPS],
     }
 
 
@@ -876,9 +1171,13 @@ def goals(results: dict) -> dict:
     for name, need in (("scipy_lbfgsb", 30.0), ("optax_lbfgs", 5.0)):
         r = batch["comparison"][name]["jaxfeat_vs"][name]
         s = r["speedup_at_matched_loss"]
-        out[name] = {"required_speedup": need, "measured_speedup_at_matched_loss": s,
-                     "lower_bound": r["lower_bound"], "met": bool(s is not None and s >= need),
-                     "batch_size": results["settings"]["config"]["batch_size"]}
+        out[name] = {
+            "required_speedup": need,
+            "measured_speedup_at_matched_loss": s,
+            "lower_bound": r["lower_bound"],
+            "met": bool(s is not None and s >= need),
+            "batch_size": results["settings"]["config"]["batch_size"],
+        }
     return out
 
 
@@ -889,48 +1188,93 @@ def write_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
+def default_out(mode: str) -> Path:
+    """Where a run writes without ``--out``: the committed results for full and quick runs, a
+    temporary file for a smoke run (never the repository's results)."""
+    if mode == "smoke":
+        return Path(tempfile.gettempdir()) / "jaxfeat_throughput_smoke.json"
+    name = "throughput_cpu_quick.json" if mode == "quick" else "throughput_cpu.json"
+    return Path("benchmarks/results") / name
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="small sizes (a few minutes)")
-    ap.add_argument("--out", type=Path, default=None,
-                    help="results JSON (default benchmarks/results/throughput_cpu.json, or "
-                         "throughput_cpu_quick.json with --quick so a quick run never replaces "
-                         "the full results)")
+    size = ap.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="small sizes (a few minutes)")
+    size.add_argument(
+        "--smoke",
+        action="store_true",
+        help="tiny sizes to check every section (compilation dominates); writes "
+        "to a temporary file unless --out is given",
+    )
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="results JSON (default benchmarks/results/throughput_cpu.json, or "
+        "throughput_cpu_quick.json with --quick so a quick run never replaces "
+        "the full results; a temporary file with --smoke)",
+    )
     ap.add_argument("--device-label", default=None, help="free-text name of the machine")
-    ap.add_argument("--sections", default=",".join(SECTIONS),
-                    help=f"comma-separated subset of {','.join(SECTIONS)}")
-    ap.add_argument("--resume", action="store_true",
-                    help="keep the sections already in --out (same mode) and run the others")
+    ap.add_argument(
+        "--sections",
+        default=",".join(SECTIONS),
+        help=f"comma-separated subset of {','.join(SECTIONS)}",
+    )
+    ap.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the sections already in --out (same mode) and run the others",
+    )
     args = ap.parse_args(argv)
-    if args.out is None:
-        name = "throughput_cpu_quick.json" if args.quick else "throughput_cpu.json"
-        args.out = Path("benchmarks/results") / name
+    mode = "smoke" if args.smoke else "quick" if args.quick else "full"
+    out_path = args.out or default_out(mode)
     sections = [s for s in args.sections.split(",") if s]
     unknown = set(sections) - set(SECTIONS)
     if unknown:
         ap.error(f"unknown sections {sorted(unknown)}; choose from {','.join(SECTIONS)}")
-    global CLOCK
-    CLOCK = CompileClock()
-    cfg = config(args.quick)
+    _clock()
+    cfg = config(mode)
+    R, M = cfg["restarts"], cfg["max_steps"]
     results: dict[str, Any] = {
         "environment": environment(args.device_label),
         "settings": {
-            "quick": args.quick, "config": cfg, "restarts": RESTARTS, "activation": "relu",
+            "mode": mode,
+            "quick": mode == "quick",
+            "config": cfg,
+            "restarts": R,
+            "activation": "relu",
+            "solver_settings": dataclasses.asdict(SOLVER),
             "loss": "mean over the grid of KL(p || q) in nats, re-evaluated in float64",
-            "stopping_rule": (f"jaxfeat and SciPy: every {WINDOW} iterations stop when the loss "
-                              f"fell by at most {FTOL:g} * loss + {ATOL:g}, at most {MAX_STEPS} "
-                              "iterations; optax: a fixed number of steps"),
-            "timing": ("seconds to block_until_ready; compile time from JAX's compile events; "
-                       "the machine may be shared, see the load averages"),
-            "memory": ("rss_peak_first_call_bytes: growth of the Linux resident-set high-water "
-                       "mark (VmHWM after clear_refs) during a first call, compiler included; "
-                       "xla_total_bytes: XLA's buffer sizes of the compiled kernel; "
-                       "device_peak_bytes: the accelerator allocator's peak, where it has one"),
+            "stopping_rule": (
+                f"jaxfeat and SciPy: every {WINDOW} iterations stop when the loss "
+                f"fell by at most {FTOL:g} * loss + {ATOL:g}, at most {M} "
+                "iterations; optax: a fixed number of steps"
+            ),
+            "starting_points": (
+                "jaxfeat: its own; scipy_lbfgsb: jaxfeat's least-squares starts read off the "
+                "public API (restart 0 exactly jaxfeat's first restart, the others at random "
+                "knots, see jaxfeat_start); optax_lbfgs and scipy_lbfgsb_random_init: random "
+                "(c, l, w, b)"
+            ),
+            "timing": (
+                "seconds to block_until_ready; compile time from JAX's compile events; "
+                "the machine may be shared, see the load averages"
+            ),
+            "memory": (
+                "rss_peak_first_call_bytes: growth of the Linux resident-set high-water "
+                "mark (VmHWM after clear_refs) during a first call, compiler included; "
+                "xla_total_bytes: XLA's buffer sizes of the public fit_batch call compiled "
+                "as one program (jax.jit(...).lower(...).compile().memory_analysis()); "
+                "device_peak_bytes: the accelerator allocator's peak, where it has one"
+            ),
         },
     }
-    if args.resume and args.out.exists():
-        old = json.loads(args.out.read_text())
-        if old.get("settings", {}).get("quick") == args.quick:
+    if args.resume and out_path.exists():
+        old = json.loads(out_path.read_text())
+        old_settings = old.get("settings", {})
+        old_mode = old_settings.get("mode", "quick" if old_settings.get("quick") else "full")
+        if old_mode == mode:
             kept = [s for s in sections if s in old]
             results.update({s: old[s] for s in kept})
             results["environment"] = dict(old["environment"], resumed_with=results["environment"])
@@ -947,15 +1291,20 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         started = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         results[s] = runners[s]()
-        results[s].update(section_wall_s=time.perf_counter() - t0, started_utc=started,
-                          load_average_after=os.getloadavg())
+        results[s].update(
+            section_wall_s=time.perf_counter() - t0,
+            started_utc=started,
+            load_average_after=os.getloadavg(),
+        )
         results["environment"]["load_average_end"] = os.getloadavg()
         results["goals"] = goals(results)
-        results["total_wall_s"] = sum(results[x]["section_wall_s"] for x in SECTIONS
-                                      if x in results)
-        write_json(args.out, results)  # after every section, so a long run leaves partial results
+        results["total_wall_s"] = sum(
+            results[x]["section_wall_s"] for x in SECTIONS if x in results
+        )
+        write_json(out_path, results)  # after every section, so a long run leaves partial results
         log(f"section {s} done in {results[s]['section_wall_s']:.1f}s")
     log(json.dumps(results.get("goals", {}), indent=1))
+    log(f"results: {out_path}")
     return 0
 
 
@@ -968,8 +1317,12 @@ def _batch_point(results: dict) -> dict | None:
     size = results["settings"]["config"]["batch_size"]
     keep = ("first_s", "compile_s", "warm_s", "warm_method", "rss_peak_first_call_bytes")
     point = {k: b[k] for k in keep if k in b}
-    point.update(targets=size, seconds_per_target=b["warm_s"] / size, loss=b["loss"],
-                 xla_total_bytes=b.get("xla_total_bytes"))
+    point.update(
+        targets=size,
+        seconds_per_target=b["warm_s"] / size,
+        loss=b["loss"],
+        xla_total_bytes=b.get("xla_total_bytes"),
+    )
     return {"size": size, "point": point}
 
 

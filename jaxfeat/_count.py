@@ -152,8 +152,10 @@ def required_features_batch(
     t = np.asarray(targets[0].t)
     for tgt in targets[1:]:
         if tgt.probs.shape != targets[0].probs.shape or not np.array_equal(np.asarray(tgt.t), t):
-            raise ValueError("all targets must share one grid t and vocabulary size V; call "
-                             "required_features_batch once per grid.")
+            raise ValueError(
+                "all targets must share one grid t and vocabulary size V; call "
+                "required_features_batch once per grid."
+            )
 
     n = len(targets)
     if activation == "softplus":
@@ -170,16 +172,24 @@ def required_features_batch(
     next_k = list(lower)
     probs = jnp.stack([tgt.probs for tgt in targets])
     dtype = probs.dtype
-    bar = tqdm(total=n, desc="required features", unit="target", leave=False,
-               disable=None if progress is None else not progress)
+    bar = tqdm(
+        total=n,
+        desc="required features",
+        unit="target",
+        leave=False,
+        disable=None if progress is None else not progress,
+    )
     bar.update(sum(k > k_max for k in next_k))
 
     while True:
         todo = [i for i in range(n) if found[i] is None and next_k[i] <= k_max]
         if not todo:
             break
-        rows = [(i, k) for i in todo
-                for k in range(next_k[i], min(next_k[i] + _KS_PER_ROUND, k_max + 1))]
+        rows = [
+            (i, k)
+            for i in todo
+            for k in range(next_k[i], min(next_k[i] + _KS_PER_ROUND, k_max + 1))
+        ]
         # Fixed shapes: pad the batch to a power of two of rounds and the slots to a power of two.
         size = _KS_PER_ROUND * _pow2(-(-len(rows) // _KS_PER_ROUND))
         rows_padded = rows + [rows[0]] * (size - len(rows))
@@ -190,9 +200,18 @@ def required_features_batch(
         if seg_knots is not None:
             for r, (i, k) in enumerate(rows_padded):
                 init[r, :k] = seg_knots[i][k - 1]
-        res = fit_batch(targets[0].t, probs[idx], ks, activation=activation, restarts=restarts,
-                        max_steps=max_steps, key=key, k_max=slots, solver=solver,
-                        init_knots=jnp.asarray(init, dtype))
+        res = fit_batch(
+            targets[0].t,
+            probs[idx],
+            ks,
+            activation=activation,
+            restarts=restarts,
+            max_steps=max_steps,
+            key=key,
+            k_max=slots,
+            solver=solver,
+            init_knots=jnp.asarray(init, dtype),
+        )
         values = np.asarray(getattr(res, metric))
         for r, (i, k) in enumerate(rows):
             losses[i][k - 1] = values[r]
@@ -209,8 +228,16 @@ def required_features_batch(
     bar.close()
 
     return [
-        RequiredFeatures(k=found[i], lower_bound=lower[i], losses=losses[i], bounds=bounds[i],
-                         fit=fits[i], tol=tol, metric=metric, activation=activation)
+        RequiredFeatures(
+            k=found[i],
+            lower_bound=lower[i],
+            losses=losses[i],
+            bounds=bounds[i],
+            fit=fits[i],
+            tol=tol,
+            metric=metric,
+            activation=activation,
+        )
         for i in range(n)
     ]
 

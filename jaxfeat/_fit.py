@@ -183,9 +183,20 @@ def fit_batch(
     _validate.matching_grid(t, probs)
     _validate.simplex_rows(probs, "probs")
     p = _validate.float_array(probs, "probs")
-    return _fit_checked(jnp.asarray(t, p.dtype), p, k, activation=activation, restarts=restarts,
-                        max_steps=max_steps, key=key, optimizer=optimizer, k_max=k_max,
-                        init_knots=init_knots, solver=solver, devices=devices)
+    return _fit_checked(
+        jnp.asarray(t, p.dtype),
+        p,
+        k,
+        activation=activation,
+        restarts=restarts,
+        max_steps=max_steps,
+        key=key,
+        optimizer=optimizer,
+        k_max=k_max,
+        init_knots=init_knots,
+        solver=solver,
+        devices=devices,
+    )
 
 
 def _fit_checked(
@@ -209,9 +220,7 @@ def _fit_checked(
     max_steps = _validate.positive_int(max_steps, "max_steps")
     solver = SolverSettings() if solver is None else solver
     if not isinstance(solver, SolverSettings):
-        raise ValueError(
-            f"solver must be a jaxfeat.SolverSettings, got {type(solver).__name__}."
-        )
+        raise ValueError(f"solver must be a jaxfeat.SolverSettings, got {type(solver).__name__}.")
     if optimizer is not None and not isinstance(optimizer, optax.GradientTransformation):
         raise ValueError(
             f"optimizer must be an optax.GradientTransformation (e.g. optax.adam(1e-2)), got "
@@ -240,12 +249,28 @@ def _fit_checked(
     n_dev = max(len(devices), 1)
     args = _pad_batch((p, ks, keys, knots), n_dev)
     platform = devices[0].platform if devices else jax.default_backend()
-    lanes = lanes_for(args[0].shape[0] // n_dev * restarts, p.shape[1], p.shape[2], k_max,
-                      p.dtype.itemsize, platform, solver)
+    lanes = lanes_for(
+        args[0].shape[0] // n_dev * restarts,
+        p.shape[1],
+        p.shape[2],
+        k_max,
+        p.dtype.itemsize,
+        platform,
+        solver,
+    )
     u = (t - t[0]) / (t[-1] - t[0])
     members = fit_kernel(
-        u, *args, k_max=k_max, restarts=restarts, activation=activation, max_steps=max_steps,
-        optimizer=optimizer, use_lm=use_lm, lanes=lanes, solver=solver, devices=devices,
+        u,
+        *args,
+        k_max=k_max,
+        restarts=restarts,
+        activation=activation,
+        max_steps=max_steps,
+        optimizer=optimizer,
+        use_lm=use_lm,
+        lanes=lanes,
+        solver=solver,
+        devices=devices,
     )
     members = jax.tree.map(lambda x: x[:B], members)
     return _select(members, t, p, activation)
@@ -257,7 +282,8 @@ def _feature_counts(k: int | ArrayLike, k_max: int | None, B: int) -> tuple[jax.
         if k_max is None:
             raise ValueError("k is traced; pass k_max (the number of feature slots) explicitly.")
         return jnp.broadcast_to(jnp.asarray(k, jnp.int32), (B,)), _validate.positive_int(
-            k_max, "k_max")
+            k_max, "k_max"
+        )
     k_arr = np.asarray(k)
     if k_arr.ndim > 1 or (k_arr.ndim == 1 and k_arr.shape[0] != B):
         raise ValueError(
@@ -277,8 +303,11 @@ def _feature_counts(k: int | ArrayLike, k_max: int | None, B: int) -> tuple[jax.
 
 def _keys(key: int | jax.Array, B: int) -> jax.Array:
     """(B,) PRNG keys from a seed, a key, or B keys."""
-    if isinstance(key, jax.Array) and key.ndim == 1 and jnp.issubdtype(key.dtype,
-                                                                       jax.dtypes.prng_key):
+    if (
+        isinstance(key, jax.Array)
+        and key.ndim == 1
+        and jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+    ):
         if key.shape[0] != B:
             raise ValueError(f"key holds {key.shape[0]} keys but probs has B = {B} targets.")
         return key
@@ -299,8 +328,9 @@ def _pad_batch(arrays, devices: int):
     return tuple(jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)]) for a in arrays)
 
 
-def fit(target: Target, k: int, *, init_knots: ArrayLike | None = None,
-        **options: Any) -> FitResult:
+def fit(
+    target: Target, k: int, *, init_knots: ArrayLike | None = None, **options: Any
+) -> FitResult:
     """Fits a mixture of k linear logit features to one target curve.
 
     Minimises the mean over the grid of ``KL(p(t) || softmax(c + sum_i a_i(t) l_i))`` over
@@ -332,8 +362,11 @@ def fit(target: Target, k: int, *, init_knots: ArrayLike | None = None,
                 f"init_knots must have shape (k,) = ({k},), got {np.shape(init_knots)}."
             )
         slots = options.get("k_max") or k
-        knots = (jnp.full((1, slots), jnp.nan, target.probs.dtype)
-                 .at[0, :k].set(jnp.asarray(init_knots, target.probs.dtype)))
+        knots = (
+            jnp.full((1, slots), jnp.nan, target.probs.dtype)
+            .at[0, :k]
+            .set(jnp.asarray(init_knots, target.probs.dtype))
+        )
     res = _fit_checked(target.t, target.probs[None], k, **_options(options), init_knots=knots)
     return res.take(0, k)
 
@@ -371,7 +404,8 @@ def _options(options: dict[str, Any]) -> dict[str, Any]:
     same validated path without checking the target's arrays again.
     """
     params = {
-        name: prm for name, prm in inspect.signature(fit_batch).parameters.items()
+        name: prm
+        for name, prm in inspect.signature(fit_batch).parameters.items()
         if prm.kind is inspect.Parameter.KEYWORD_ONLY and name != "init_knots"
     }
     unknown = sorted(set(options) - set(params))

@@ -5,9 +5,8 @@ with a fixed direction ``s_i = +-1`` chosen per restart and a knot ``tau_i`` in 
 adds a jump height ``h_i``; softplus a log-sharpness). For fixed knots the mean KL is convex in
 ``W = (c, l)``; :func:`to_features` maps the hinges exactly onto :class:`jaxfeat.Features`.
 
-This module holds one restart's state (:class:`Member`), its loss, its initialisation at
-curvature-equidistributed knots, and the re-seeding of dead features. The optimisers that move it
-are in :mod:`jaxfeat._solver`.
+This module holds one restart's state (:class:`Member`), its loss and its initialisation at
+curvature-equidistributed knots. The optimisers that move it are in :mod:`jaxfeat._solver`.
 """
 
 from __future__ import annotations
@@ -52,10 +51,6 @@ class SolverSettings:
       start_log_depth: nats below a row's maximum where the start's log-probabilities are
         clipped; shallower than :data:`jaxfeat._model.LOG_DEPTH` because least squares weighs a
         clipped token as much as a likely one, and near-absent tokens should not steer the start.
-      reseed: re-seed dead features between the two joint phases (False only to study the
-        mechanism: ``tests/test_solver.py`` shows a fit it rescues).
-      dead_feature: a feature is dead when its largest logit swing, ``max_t a(t) * osc(l)``, is
-        below this fraction of the largest feature's.
       lm_max_params: dense Gauss-Newton costs O(P^3) per step with P = (k + 1) V + k_enc
         parameters; past this size ``optax.lbfgs`` is faster (``benchmarks/throughput.py``).
       cpu_lane_bytes: on CPU a step is bound by memory traffic: lanes whose (lanes, T, (k + 1) V)
@@ -66,9 +61,9 @@ class SolverSettings:
 
     Example:
       >>> import jaxfeat
-      >>> s = jaxfeat.SolverSettings(reseed=False)
-      >>> s.reseed, s.window
-      (False, 5)
+      >>> s = jaxfeat.SolverSettings(convex_steps=20)
+      >>> s.convex_steps, s.window
+      (20, 5)
     """
 
     convex_steps: int = 12
@@ -85,8 +80,6 @@ class SolverSettings:
     knot_jitter: float = 0.3
     ridge: float = 1e-6
     start_log_depth: float = 20.0
-    reseed: bool = True
-    dead_feature: float = 1e-3
     lm_max_params: int = 600
     cpu_lane_bytes: int = 2**21
     accelerator_lanes: int = 2**16
@@ -114,7 +107,7 @@ class Member(NamedTuple):
     since_ref: jax.Array
     converged: jax.Array
     steps: jax.Array
-    phase: jax.Array  # LM: 0 convex, 1 joint, 2 convex after re-seeding, 3 joint, 4 done
+    phase: jax.Array  # LM: 0 convex, 1 joint, 2 convex, 3 joint, 4 done
     jumps_early: jax.Array  # JumpReLU: jump heights free from the first joint phase on
 
 
@@ -326,6 +319,10 @@ def init_member(
     ridge = cfg.ridge * jnp.trace(A) / (k_max + 1) * jnp.eye(k_max + 1, dtype=dtype)
     # Plain jnp ops keep LAPACK out of sharded CPU runs (see spd_solve).
     W = spd_solve(A + ridge, X.T @ z)
+    # Knots closer than a grid cell make features coincide: the ridge system is then singular to
+    # float32 rounding and a Cholesky pivot can turn negative (NaN). Such a restart starts from
+    # the fit without features instead of carrying NaN to the end.
+    W = jnp.where(jnp.all(jnp.isfinite(W)), W, jnp.zeros_like(W).at[0].set(z.mean(axis=0)))
     W = W * jnp.concatenate([jnp.ones(1, dtype), mask])[:, None]
     return Member(
         W=W,
@@ -342,22 +339,3 @@ def init_member(
         phase=jnp.asarray(0),
         jumps_early=r % 4 >= 2,
     )
-
-
-def reseed(g: Grid, m: Member, p, cfg: SolverSettings) -> Member:
-    """Moves features that contribute nothing to the grid points where the fit is worst."""
-    a = acts(g, m.tau, m.e, m.s) * m.mask[:, None]
-    l = m.W[1:]
-    spread = jnp.max(l, axis=1) - jnp.min(l, axis=1)
-    contrib = jnp.max(jnp.abs(a), axis=1) * spread
-    dead = (contrib < cfg.dead_feature * jnp.max(contrib) + 1e-12) & (m.mask > 0)
-    per_point = loss_terms(g, m.W, m.tau, m.e, m.s, m.mask, p)
-    # The i-th dead feature goes to the i-th worst grid point (top_k: far cheaper than a sort).
-    n_top = min(m.tau.shape[0], g.u.shape[0])
-    worst = jax.lax.top_k(per_point, n_top)[1]
-    slot = jnp.cumsum(dead) - 1
-    new_tau = g.u[worst[jnp.clip(slot, 0, n_top - 1)]]
-    lo, hi = knot_box(g.u, m.s)
-    tau = jnp.where(dead, jnp.clip(new_tau, lo, hi), m.tau)
-    W = m.W.at[1:].set(jnp.where(dead[:, None], 0.0, l))
-    return m._replace(W=W, tau=tau)

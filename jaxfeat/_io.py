@@ -104,64 +104,73 @@ class _Labels(NamedTuple):
 def _read_csv(name: str, kind: str):
     with open(name, newline="", encoding="utf-8-sig") as f:
         reader = csv.reader(f)
-        header = None
-        for fields in reader:
-            if any(s.strip() for s in fields):
-                # Token names are kept verbatim: leading spaces are part of tokens like " the".
-                header = [fields[0].strip(), *fields[1:]]
-                header_line = reader.line_num
-                break
-        if header is None:
+        try:
+            return _parse_csv(reader, name, kind)
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{name}: not UTF-8 text ({e.reason} at byte {e.start}).") from None
+        except csv.Error as e:  # e.g. a NUL byte or an unterminated quote
+            raise ValueError(f"{name}: row {reader.line_num}: {e}.") from None
+
+
+def _parse_csv(reader, name: str, kind: str):
+    header = None
+    for fields in reader:
+        if any(s.strip() for s in fields):
+            # Token names are kept verbatim: leading spaces are part of tokens like " the".
+            header = [fields[0].strip(), *fields[1:]]
+            header_line = reader.line_num
+            break
+    if header is None:
+        raise ValueError(
+            f"{name}: the file is empty; expected a header row 't,<token>,<token>,...' and "
+            "one row per grid point."
+        )
+    where = f"{name}: header (line {header_line})"
+    if header[0] != "t":
+        stripped = [s.strip() for s in header]
+        if "t" in stripped:
             raise ValueError(
-                f"{name}: the file is empty; expected a header row 't,<token>,<token>,...' and "
-                "one row per grid point."
+                f"{where}: column 't' is column {stripped.index('t') + 1}; it must be the "
+                f"first column, followed by one column per token."
             )
-        where = f"{name}: header (line {header_line})"
-        if header[0] != "t":
-            stripped = [s.strip() for s in header]
-            if "t" in stripped:
-                raise ValueError(
-                    f"{where}: column 't' is column {stripped.index('t') + 1}; it must be the "
-                    f"first column, followed by one column per token."
-                )
+        raise ValueError(
+            f"{where}: the first column is named {header[0]!r}, expected 't' (the latent "
+            "value), followed by one column per token."
+        )
+    tokens = header[1:]
+    for j, tok in enumerate(tokens):
+        if not tok:
+            raise ValueError(f"{where}: column {j + 2} has no name; name every token column.")
+    _unique(
+        header,
+        lambda a, b, col: (
+            f"{where}: columns {a + 1} and {b + 1} are both named "
+            f"{col!r}; column names must be unique."
+        ),
+    )
+    if len(tokens) < 2:
+        found = f"only 1 token column ({tokens[0]!r})" if tokens else "no token columns"
+        raise ValueError(
+            f"{where}: {found}; a curve needs at least 2 tokens (header 't,<token>,<token>,...')."
+        )
+    lines: list[int] = []
+    rows: list[list[float]] = []
+    for fields in reader:
+        line = reader.line_num
+        if not any(s.strip() for s in fields):
+            continue
+        if len(fields) != len(header):
             raise ValueError(
-                f"{where}: the first column is named {header[0]!r}, expected 't' (the latent "
-                "value), followed by one column per token."
+                f"{name}: row {line} has {len(fields)} fields, expected {len(header)} "
+                f"(t and {len(tokens)} tokens, as in the header)."
             )
-        tokens = header[1:]
-        for j, tok in enumerate(tokens):
-            if not tok:
-                raise ValueError(f"{where}: column {j + 2} has no name; name every token column.")
-        seen: dict[str, int] = {}
-        for j, col in enumerate(header):
-            if col in seen:
-                raise ValueError(
-                    f"{where}: columns {seen[col] + 1} and {j + 1} are both named {col!r}; "
-                    "column names must be unique."
-                )
-            seen[col] = j
-        if len(tokens) < 2:
-            found = f"only 1 token column ({tokens[0]!r})" if tokens else "no token columns"
-            raise ValueError(
-                f"{where}: {found}; a curve needs at least 2 tokens (header "
-                "'t,<token>,<token>,...')."
-            )
-        lines: list[int] = []
-        rows: list[list[float]] = []
-        for fields in reader:
-            line = reader.line_num
-            if not any(s.strip() for s in fields):
-                continue
-            if len(fields) != len(header):
-                raise ValueError(
-                    f"{name}: row {line} has {len(fields)} fields, expected {len(header)} "
-                    f"(t and {len(tokens)} tokens, as in the header)."
-                )
-            row = []
-            for col, cell in zip(header, fields, strict=True):
-                row.append(_number(name, line, col, cell, kind == "logits" and col != "t"))
-            lines.append(line)
-            rows.append(row)
+        rows.append(
+            [
+                _number(name, line, col, cell, kind == "logits" and col != "t")
+                for col, cell in zip(header, fields, strict=True)
+            ]
+        )
+        lines.append(line)
     if not rows:
         raise ValueError(f"{name}: no data rows after the header; a curve needs at least 2.")
     data = np.asarray(rows, np.float64)
@@ -247,14 +256,12 @@ def _read_npz(name: str, kind: str):
                 f"{name}: array 'tokens' has {len(tokens)} names but {kind!r} has "
                 f"V = {values.shape[1]} columns."
             )
-        seen: dict[str, int] = {}
-        for j, tok in enumerate(tokens):
-            if tok in seen:
-                raise ValueError(
-                    f"{name}: tokens[{seen[tok]}] and tokens[{j}] are both {tok!r}; token "
-                    "names must be unique."
-                )
-            seen[tok] = j
+        _unique(
+            tokens,
+            lambda a, b, tok: (
+                f"{name}: tokens[{a}] and tokens[{b}] are both {tok!r}; token names must be unique."
+            ),
+        )
     names = tokens
     cell = lambda i, j: (
         f"{kind}[{i}, {j}]" + (f" (token {names[j]!r})" if names is not None else "")
@@ -357,3 +364,12 @@ def _to_target(
         return Target.from_counts(tt, values, tokens)
     except ValueError as e:  # anything the checks above missed still names the file
         raise ValueError(f"{name}: {e}") from None
+
+
+def _unique(names: list[str], message: Callable[[int, int, str], str]) -> None:
+    """Raises ``ValueError(message(first, second, name))`` for the first repeated name."""
+    seen: dict[str, int] = {}
+    for j, name in enumerate(names):
+        if name in seen:
+            raise ValueError(message(seen[name], j, name))
+        seen[name] = j

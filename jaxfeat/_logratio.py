@@ -1,4 +1,5 @@
-"""Log-ratio data shared by the sup-norm certificates (:mod:`jaxfeat.bounds`, :mod:`jaxfeat.theory`).
+"""Log-ratio data shared by the sup-norm certificates of :mod:`jaxfeat.bounds` and
+:mod:`jaxfeat.theory`.
 
 All of it runs in float64 NumPy on the host: certificates compare differences of log-ratios with
 thresholds, and a margin of a few hundred float64 ulps of the data's magnitude keeps rounding
@@ -44,7 +45,9 @@ def margin(y: np.ndarray, delta: float) -> float:
 def alternating_moves(y: np.ndarray, tol: float) -> np.ndarray:
     """Hysteresis scan down axis 0 of (T, C): number of alternating moves larger than tol."""
     if y.shape[1] <= 8:  # few curves: a plain loop is faster than array operations
-        return np.array([max(len(alternating_chain(col, tol)) - 1, 0) for col in y.T.tolist()], dtype=np.int64)
+        return np.array(
+            [max(len(alternating_chain(col, tol)) - 1, 0) for col in y.T.tolist()], dtype=np.int64
+        )
     v0 = y[0]
     lo, hi, ext = v0.copy(), v0.copy(), v0.copy()
     direction = np.zeros(v0.shape, np.int8)

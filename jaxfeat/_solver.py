@@ -3,11 +3,11 @@
 Every (target, restart) pair is a :class:`~jaxfeat._hinge.Member`. Damped Gauss-Newton
 (Levenberg-Marquardt) moves it with the exact generalised Gauss-Newton matrix
 ``J^T (diag q - q q^T) J``, assembled from its Kronecker-structured blocks, through four phases:
-a convex (c, l) solve at fixed knots, a joint stretch, re-seeding of dead features with a second
-convex solve, and a second joint stretch. Members run through a work queue of vmapped lanes, each
-at its own pace (:func:`run_queue`). Large problems or a user-given optax optimiser use a
-first-order loop on the same loss (:func:`optax_run`). :func:`fit_kernel` is the one compiled
-entry point; :mod:`jaxfeat._fit` validates inputs and calls it.
+a convex (c, l) solve at fixed knots, a joint stretch, a second convex solve at the knots it found
+and a second joint stretch, each phase starting from fresh damping. Members run through a work
+queue of vmapped lanes, each at its own pace (:func:`run_queue`). Large problems or a user-given
+optax optimiser use a first-order loop on the same loss (:func:`optax_run`). :func:`fit_kernel`
+is the one compiled entry point; :mod:`jaxfeat._fit` validates inputs and calls it.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from ._hinge import (
     log_softmax_q,
     mean_loss,
     project,
-    reseed,
     spd_solve,
 )
 
@@ -126,8 +125,11 @@ def lm_step(g: Grid, m: Member, p, cfg: Config) -> Member:
     accept = jnp.isfinite(new_loss) & (new_loss <= m.loss)
     pick = lambda new, old: jnp.where(accept, new, old)
     s = cfg.solver
-    lam = jnp.where(accept, jnp.maximum(m.lam / s.damping_down, s.damping_min),
-                    jnp.minimum(m.lam * s.damping_up, s.damping_max))
+    lam = jnp.where(
+        accept,
+        jnp.maximum(m.lam / s.damping_down, s.damping_min),
+        jnp.minimum(m.lam * s.damping_up, s.damping_max),
+    )
     return advance(
         m, pick(W, m.W), pick(tau, m.tau), pick(e, m.e), pick(new_loss, m.loss), lam, cfg
     )
@@ -166,40 +168,31 @@ def reset_progress(m: Member, cfg: Config) -> Member:
     )
 
 
-def run_queue(members: Member, step_fn, reseed_fn, p, lanes: int, restarts: int,
-              cfg: Config) -> Member:
+def run_queue(members: Member, step_fn, p, lanes: int, restarts: int, cfg: Config) -> Member:
     """Runs the (n,) initial ``members`` (member i = restart i % R of target i // R) through
     ``lanes`` vmapped slots of one loop; each member goes through its LM phases at its own pace.
 
-    A member leaves a phase when it has converged or used the phase's step budget; entering
-    phase 2 re-seeds its dead features; after phase 3 it is done (phase 4), its slot stores it
+    A member leaves a phase when it has converged or used the phase's step budget, and starts the
+    next with fresh damping; after phase 3 it is done (phase 4), its slot stores it
     and takes the next task. Members need from a few dozen to ``max_steps`` steps, so a slot per
     member for the whole run would spend most steps on members already done.
 
-    ``step_fn(members, p)`` and ``reseed_fn(members, p)`` act on (lanes,) batches; ``p`` holds
+    ``step_fn(members, p)`` acts on (lanes,) batches; ``p`` holds
     each target's probabilities. Returns the (n,) final members.
     """
     S = lanes
     n_tasks = members.loss.shape[0]
     target_of = lambda task: jnp.minimum(task, n_tasks - 1) // restarts
 
-    def advance_phase(m, entered, pp):
+    def advance_phase(m, entered):
         nxt = jnp.where(
             m.converged | (m.steps - entered >= cfg.phase_steps(m.phase)), m.phase + 1, m.phase
         )
         nxt = jnp.minimum(nxt, 4)
         moved = nxt != m.phase
-        m2 = m._replace(phase=nxt)
-        enter2 = moved & (nxt == 2)
-        # Few steps have a member entering phase 2; the others skip re-seeding altogether (the
-        # predicate is loop-wide, so this is a real branch, not a select).
-        m2 = jax.lax.cond(
-            jnp.any(enter2),
-            lambda m2: where(enter2, reseed_fn(m2, pp), m2),
-            lambda m2: m2,
-            m2,
+        m2 = where(
+            moved & (nxt < 4), reset_progress(m._replace(phase=nxt), cfg), m._replace(phase=nxt)
         )
-        m2 = where(moved & (nxt < 4), reset_progress(m2, cfg), m2)
         return m2, jnp.where(moved, m.steps, entered)
 
     def cond(c):
@@ -210,7 +203,7 @@ def run_queue(members: Member, step_fn, reseed_fn, p, lanes: int, restarts: int,
         pp = p[target_of(task)]
         active = ms.phase < 4
         ms = where(active, step_fn(ms, pp), ms)
-        ms, entered = advance_phase(ms, entered, pp)
+        ms, entered = advance_phase(ms, entered)
         finished = active & (ms.phase == 4)
         # Finished members are written to their task's row; index n_tasks drops the write.
         row = jnp.where(finished, task, n_tasks)
@@ -226,8 +219,13 @@ def run_queue(members: Member, step_fn, reseed_fn, p, lanes: int, restarts: int,
     # ``results`` starts as the queue of initial members; a slot reads its member from its row
     # and writes it back when done.
     task = jnp.arange(S)
-    state = (jax.tree.map(lambda r: r[:S], members), jnp.zeros(S, jnp.int32), task,
-             jnp.asarray(S), members)
+    state = (
+        jax.tree.map(lambda r: r[:S], members),
+        jnp.zeros(S, jnp.int32),
+        task,
+        jnp.asarray(S),
+        members,
+    )
     return jax.lax.while_loop(cond, body, state)[-1]
 
 
@@ -324,8 +322,9 @@ def _vm(fn):
 # The compiled kernel
 
 
-def lanes_for(n_members: int, T: int, V: int, k_max: int, itemsize: int, platform: str,
-              solver: SolverSettings) -> int:
+def lanes_for(
+    n_members: int, T: int, V: int, k_max: int, itemsize: int, platform: str, solver: SolverSettings
+) -> int:
     """Work-queue slots of the Gauss-Newton loop on one device (see :class:`SolverSettings`)."""
     if platform != "cpu":
         return max(1, min(n_members, solver.accelerator_lanes))
@@ -336,13 +335,32 @@ def lanes_for(n_members: int, T: int, V: int, k_max: int, itemsize: int, platfor
 @functools.partial(
     jax.jit,
     static_argnames=(
-        "k_max", "restarts", "activation", "max_steps", "optimizer", "use_lm", "lanes", "solver",
+        "k_max",
+        "restarts",
+        "activation",
+        "max_steps",
+        "optimizer",
+        "use_lm",
+        "lanes",
+        "solver",
         "devices",
     ),
 )
 def fit_kernel(
-    u, p, k_used, keys, init_knots, *, k_max: int, restarts: int, activation: str,
-    max_steps: int, optimizer, use_lm: bool, lanes: int, solver: SolverSettings,
+    u,
+    p,
+    k_used,
+    keys,
+    init_knots,
+    *,
+    k_max: int,
+    restarts: int,
+    activation: str,
+    max_steps: int,
+    optimizer,
+    use_lm: bool,
+    lanes: int,
+    solver: SolverSettings,
     devices: tuple = (),
 ):
     """Fits every (target, restart) member; returns the (B, restarts) final members.
@@ -375,9 +393,9 @@ def fit_kernel(
 
     def init_target(key, k_u, p, knots):
         ks = jax.random.split(key, R)
-        return jax.vmap(
-            lambda kk, r: init_member(g, kk, r, k_u, k_max, R, p, knots, solver)
-        )(ks, jnp.arange(R))
+        return jax.vmap(lambda kk, r: init_member(g, kk, r, k_u, k_max, R, p, knots, solver))(
+            ks, jnp.arange(R)
+        )
 
     def local(p, k_used, keys, knots):
         B = p.shape[0]
@@ -386,11 +404,7 @@ def fit_kernel(
             return optax_run(g, reset_progress(members, cfg), p, cfg, optimizer, max_steps)
         members = jax.tree.map(lambda x: x.reshape((B * R, *x.shape[2:])), members)
         step = jax.vmap(lambda m, pp: lm_step(g, m, pp, cfg))
-        if solver.reseed:
-            reseed_fn = jax.vmap(lambda m, pp: reseed(g, m, pp, solver))
-        else:
-            reseed_fn = lambda m, pp: m
-        out = run_queue(members, step, reseed_fn, p, min(lanes, B * R), R, cfg)
+        out = run_queue(members, step, p, min(lanes, B * R), R, cfg)
         return jax.tree.map(lambda x: x.reshape((B, R, *x.shape[1:])), out)
 
     if len(devices) <= 1:

@@ -31,20 +31,38 @@ def positive_int(value: object, name: str) -> int:
 
 
 def positive_float(value: object, name: str) -> float:
+    return _number(value, name, "> 0")
+
+
+def nonnegative_float(value: object, name: str) -> float:
+    return _number(value, name, ">= 0")
+
+
+def _number(value: object, name: str, sign: str) -> float:
     try:
         x = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
-        raise ValueError(f"{name}={value!r} must be a positive number.") from None
-    if not np.isfinite(x) or x <= 0:
-        raise ValueError(f"{name}={value!r} must be a finite number > 0.")
+        raise ValueError(f"{name}={value!r} must be a number {sign}.") from None
+    if not np.isfinite(x) or (x <= 0 if sign == "> 0" else x < 0):
+        raise ValueError(f"{name}={value!r} must be a finite number {sign}.")
     return x
 
 
 def activation(value: str) -> str:
-    if value not in ACTIVATIONS:
-        raise ValueError(
-            f"activation={value!r} is unknown; use one of {', '.join(map(repr, ACTIVATIONS))}."
-        )
+    return _activation(value, ACTIVATIONS, "is unknown")
+
+
+def bound_activation(value: str) -> str:
+    return _activation(
+        value,
+        BOUND_ACTIVATIONS,
+        "has no certified bound: the bounds need piecewise-affine encoders",
+    )
+
+
+def _activation(value: str, choices: tuple[str, ...], why: str) -> str:
+    if value not in choices:
+        raise ValueError(f"activation={value!r} {why}; use one of {', '.join(map(repr, choices))}.")
     return value
 
 
@@ -109,25 +127,6 @@ def matching_grid(t: object, probs: object, probs_name: str = "probs") -> None:
             f"(..., T, V) "
             f"with T = {T}."
         )
-
-
-def nonnegative_float(value: object, name: str) -> float:
-    try:
-        x = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise ValueError(f"{name}={value!r} must be a number >= 0.") from None
-    if not np.isfinite(x) or x < 0:
-        raise ValueError(f"{name}={value!r} must be a finite number >= 0.")
-    return x
-
-
-def bound_activation(activation: str) -> str:
-    if activation not in BOUND_ACTIVATIONS:
-        raise ValueError(
-            f"activation={activation!r}: the bounds need piecewise-affine encoders; "
-            f"use one of {', '.join(map(repr, BOUND_ACTIVATIONS))}."
-        )
-    return activation
 
 
 def float_array(x: object, name: str) -> jax.Array:

@@ -33,8 +33,6 @@ from . import _logratio, _validate
 from ._target import Target
 from .theory import max_turning_points
 
-
-
 # By default the work is capped at about that of a grid of this many points and 3 tokens: block
 # costs take O(T^3 V^2) work, so longer grids or larger vocabularies are split into interleaved
 # sub-grids, whose summed bounds are still valid (and only slightly weaker).
@@ -127,7 +125,8 @@ def _block_kernel(x, p, mask, theta_init, warm, max_iter: int):
     # Adding a projector onto them makes the system definite without changing the Newton step.
     u = pres / jnp.sqrt(jnp.sum(pres, axis=-1, keepdims=True))
     gauge = jnp.eye(2, dtype=dtype)[None, :, None, :, None] * (
-        u[:, None, :, None, None] * u[:, None, None, None, :])
+        u[:, None, :, None, None] * u[:, None, None, None, :]
+    )
     gauge = gauge.reshape(n, 2 * V, 2 * V) + jnp.eye(2 * V, dtype=dtype) * 1e-13
     # Absent tokens' rows of the Hessian are zero; a unit diagonal there gives them a zero step.
     gauge = gauge + jax.vmap(jnp.diag)(jnp.tile(1.0 - pres, (1, 2)))
@@ -170,16 +169,23 @@ def _block_kernel(x, p, mask, theta_init, warm, max_iter: int):
         # osc(h) times the second, which guarantees a decrease for the step log(1 + r) / r with
         # r the largest oscillation of the logit step over the block; no line search needed.
         dz = logits(step_new)
-        osc = (jnp.max(jnp.where(present[..., None], dz, -jnp.inf), axis=1)
-               - jnp.min(jnp.where(present[..., None], dz, jnp.inf), axis=1))
+        osc = jnp.max(jnp.where(present[..., None], dz, -jnp.inf), axis=1) - jnp.min(
+            jnp.where(present[..., None], dz, jnp.inf), axis=1
+        )
         r = jnp.max(osc * m[:, 0], axis=-1)
         eta = jnp.where(r > 1e-8, jnp.log1p(r) / jnp.maximum(r, 1e-8), 1.0)
         move = ~done & ~conv
         theta = jnp.where(move[:, None, None], theta + eta[:, None, None] * step_new, theta)
         return theta, q, f, step, done | conv, it + 1
 
-    init = (theta0, jnp.zeros_like(p), jnp.zeros(n, dtype), jnp.zeros_like(theta0),
-            jnp.zeros(n, bool), jnp.asarray(0))
+    init = (
+        theta0,
+        jnp.zeros_like(p),
+        jnp.zeros(n, dtype),
+        jnp.zeros_like(theta0),
+        jnp.zeros(n, bool),
+        jnp.asarray(0),
+    )
     theta, q, f, step, _, iters = jax.lax.while_loop(cond, body, init)
 
     # Dual certificate: for any q_t on the simplex with sum_t w_t (q_t - p_t) [1, t] = 0,
@@ -194,8 +200,9 @@ def _block_kernel(x, p, mask, theta_init, warm, max_iter: int):
     s = jnp.clip(jnp.max(need, axis=(-2, -1)), 0.0, 1.0)[:, None, None]
     q2 = jnp.maximum((1.0 - s) * q1 + s * pn, 0.0)
     pos2 = q2 > 0
-    ent = -jnp.sum(omega * jnp.where(pos2, q2 * jnp.log(jnp.where(pos2, q2, 1.0)), 0.0),
-                   axis=(-2, -1))
+    ent = -jnp.sum(
+        omega * jnp.where(pos2, q2 * jnp.log(jnp.where(pos2, q2, 1.0)), 0.0), axis=(-2, -1)
+    )
     dual = ent + plogp
     dual = jnp.where(jnp.isfinite(dual), dual, 0.0)
     return f, dual, theta, iters
@@ -265,12 +272,18 @@ def _block_costs(t: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
                 half = (t[j0] - t[i0]) / 2
                 x = np.where(mask, (t[idx] - mid[:, None]) / half[:, None], 0.0)
                 prev = last[i0]
-                init = np.stack([prev[:, 0] + prev[:, 1] * mid[:, None],
-                                 prev[:, 1] * half[:, None]], axis=1)
+                init = np.stack(
+                    [prev[:, 0] + prev[:, 1] * mid[:, None], prev[:, 1] * half[:, None]], axis=1
+                )
                 warm = np.isfinite(init).all(axis=(1, 2))
                 f, d, theta, _ = _block_kernel(
-                    jnp.asarray(x), jnp.asarray(p[idx].transpose(0, 2, 1)), jnp.asarray(mask),
-                    jnp.asarray(np.nan_to_num(init)), jnp.asarray(warm), max_iter=_MAX_NEWTON)
+                    jnp.asarray(x),
+                    jnp.asarray(p[idx].transpose(0, 2, 1)),
+                    jnp.asarray(mask),
+                    jnp.asarray(np.nan_to_num(init)),
+                    jnp.asarray(warm),
+                    max_iter=_MAX_NEWTON,
+                )
                 k = part.size
                 f, d, theta = np.asarray(f)[:k], np.asarray(d)[:k], np.asarray(theta)[:k]
                 beta_t = theta[:, 1] / half[:k, None]
@@ -457,8 +470,12 @@ def segmentation_lower_bound(
                 boundaries.append(keep[b])
                 knots.append((t[keep[b - 1]] + t[keep[b]]) / 2)
     return SegmentationBound(
-        bounds=bounds, boundaries=tuple(boundaries), knots=tuple(knots), solver_tol=solver_tol,
-        tol=tol, lower_bound=None if tol is None else 1 + int(np.count_nonzero(bounds > tol)),
+        bounds=bounds,
+        boundaries=tuple(boundaries),
+        knots=tuple(knots),
+        solver_tol=solver_tol,
+        tol=tol,
+        lower_bound=None if tol is None else 1 + int(np.count_nonzero(bounds > tol)),
         seconds=time.perf_counter() - t0,
     )
 
@@ -652,5 +669,3 @@ def piece_count_lower_bound(
             lo, hi = new_lo, new_hi
     blocks.append((s, T - 1))
     return PieceCountBound(len(blocks) - 1, np.asarray(blocks, np.int64), tuple(breaks), delta)
-
-

@@ -1,13 +1,13 @@
-r"""What one linear logit feature can and cannot do, and certified lower bounds on k.
+r"""What one linear logit feature can and cannot do, and what k of them can.
 
-Two kinds of functions live here.
+Three kinds of functions live here; the certified lower bounds built on them are in
+:mod:`jaxfeat.bounds`.
 
 * Pure JAX functions for the single-feature laws, jit-able like optax losses:
   :func:`log_ratio`, :func:`single_feature_ratio_rate`, :func:`binary_feature`,
   :func:`ignored_bias_bounds`, :func:`token_peak_activation`.
 * Host-side checks on a :class:`~jaxfeat.Target` that return certificates, computed in float64
   NumPy outside ``jit``: :func:`turning_points`, :func:`max_turning_points`,
-  :func:`turning_point_lower_bound`, :func:`piece_count_lower_bound`,
   :func:`single_feature_check`, :func:`sup_log_ratio_error`.
 * Explicit constructions: :func:`rise_then_fall` (two ReLU features whose ratio rises then falls)
   and :func:`zigzag_features` (k features reaching the largest number of turning points).
@@ -45,7 +45,6 @@ from ._target import Target
 
 PEAK_STATUS = ("peaked", "rising", "falling")
 """Names of :attr:`PeakActivation.status` codes 0, 1, 2."""
-
 
 
 # ---------------------------------------------------------------------------------------------
@@ -398,10 +397,11 @@ def turning_points(y: ArrayLike, threshold: float = 0.0) -> int | np.ndarray:
     deleting zero slopes: the minimum number of monotone pieces minus one. Endpoints never count; a
     plateau between a rise and a fall counts once; a terrace (rise, flat, rise) not at all.
 
-    With ``threshold > 0`` the count has hysteresis: a change of direction counts only once the curve has
-    moved by more than ``threshold`` from its last extreme, so wiggles of size ``threshold`` or less are
-    ignored. Equivalently, it is ``n - 1`` for the longest chain of grid points whose ``n``
-    successive increments alternate in sign and each exceed ``threshold`` (0 when no increment does).
+    With ``threshold > 0`` the count has hysteresis: a change of direction counts only once the
+    curve has moved by more than ``threshold`` from its last extreme, so wiggles of size
+    ``threshold`` or less are ignored. Equivalently, it is ``n - 1`` for the longest chain of grid
+    points whose ``n`` successive increments alternate in sign and each exceed ``threshold`` (0
+    when no increment does).
 
     Args:
       y: (T,) curve, or (T, ...) for one count per trailing index.
@@ -577,8 +577,8 @@ class SingleFeatureCheck(NamedTuple):
     """Result of :func:`single_feature_check`.
 
     Attributes:
-      representable: ``True`` (a witness within ``delta`` was found), ``False`` (a certificate proves
-        none exists), or ``None`` (undecided: neither was found).
+      representable: ``True`` (a witness within ``delta`` was found), ``False`` (a certificate
+        proves none exists), or ``None`` (undecided: neither was found).
       status: ``"representable"``, ``"not_representable"`` or ``"undecided"``.
       witness: :class:`~jaxfeat.Features` (relu) or :class:`RayWitness` (monotone) when found.
       error: sup-norm log-ratio error of the witness (``inf`` without one).
@@ -648,7 +648,9 @@ def _osc_rows(d: np.ndarray) -> np.ndarray:
     return d.max(axis=1) - d.min(axis=1)
 
 
-def _ray_witness(data: _logratio.LogRatioData, dtype) -> tuple[RayWitness, float, tuple, np.ndarray]:
+def _ray_witness(
+    data: _logratio.LogRatioData, dtype
+) -> tuple[RayWitness, float, tuple, np.ndarray]:
     """Best monotone ray witness over the full-support tokens; also the ray ``(c, l)`` (full
     vocabulary) and the raw sup-norm projections ``a`` with ``y(t_i) ~ c + a_i l``."""
     F = data.full
@@ -717,7 +719,9 @@ def _hinges(t: np.ndarray, a: np.ndarray) -> list[tuple[float, float, float, flo
     return out
 
 
-def _relu_witness(data: _logratio.LogRatioData, ray: tuple, a: np.ndarray, dtype) -> tuple[Features, float]:
+def _relu_witness(
+    data: _logratio.LogRatioData, ray: tuple, a: np.ndarray, dtype
+) -> tuple[Features, float]:
     """Best hinge ``alpha + beta relu(w t + b)`` on the ray, as one ReLU feature."""
     c, d = ray
     cands = _hinges(data.t, a)
@@ -755,7 +759,8 @@ def single_feature_check(
     restarts: int = 16,
     key: int = 0,
 ) -> SingleFeatureCheck:
-    r"""Decides, with a witness or a certificate, whether one feature is within ``delta`` of a target.
+    r"""Decides, with a witness or a certificate, whether one feature is within ``delta`` of a
+    target.
 
     ``delta`` is a sup-norm log-ratio error (see the module docstring): *representable* means some
     single feature has :math:`\max_t \max_{j,m} |\log(q_j/q_m) - \log(p_j/p_m)| \le` ``delta``,
@@ -768,7 +773,8 @@ def single_feature_check(
       runs along one ray in order. Certificates: a ratio that reverses by more than ``2 delta``
       (three grid points, found for all token pairs by :func:`turning_point_lower_bound`), or three
       grid points whose middle one is more than ``2 delta`` (osc) from every point between the outer
-      two: ``osc(y_2 - lam y_1 - (1 - lam) y_3) <= 2 delta`` for some ``lam in [0, 1]`` is necessary.
+      two: ``osc(y_2 - lam y_1 - (1 - lam) y_3) <= 2 delta`` for some ``lam in [0, 1]`` is
+      necessary.
       Witness: a ray through the path (its chord or principal direction) with the sup-norm
       projections made monotone.
     * ``"relu"``: ``a(t) = relu(w t + b)``, a monotone encoder, so the certificates above apply;
@@ -833,7 +839,9 @@ def single_feature_check(
         pc = bounds.piece_count_lower_bound(target, delta, max_tokens=max_tokens)
         if pc.lower_bound >= 2:
             return no(
-                Certificate("pieces", tuple(int(b) for b in pc.blocks[:, 0]), (), float(pc.lower_bound))
+                Certificate(
+                    "pieces", tuple(int(b) for b in pc.blocks[:, 0]), (), float(pc.lower_bound)
+                )
             )
     found = _ray_witness(data, dtype) if len(data.full) >= 2 else None
     if found is None:  # fewer than two full-support tokens: nothing to match

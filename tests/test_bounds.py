@@ -58,8 +58,13 @@ def _block_cost_scipy(t: np.ndarray, p: np.ndarray) -> float:
         g = q - p
         return val, np.concatenate([g.sum(0)[1:], (x @ g)[1:]])
 
-    res = minimize(f, np.zeros(2 * (V - 1)), jac=True, method="BFGS",
-                   options={"gtol": 1e-12, "maxiter": 10_000})
+    res = minimize(
+        f,
+        np.zeros(2 * (V - 1)),
+        jac=True,
+        method="BFGS",
+        options={"gtol": 1e-12, "maxiter": 10_000},
+    )
     return float(res.fun)
 
 
@@ -81,8 +86,11 @@ def _model(seed: int, k: int, activation: str = "relu", T: int = 24):
     s = rng.choice([-1.0, 1.0], k)
     theta = rng.uniform(0.05, 0.3, k) if activation == "jumprelu" else None
     params = jaxfeat.Features.create(
-        c=rng.normal(0, 1, 3).astype(np.float32), l=rng.normal(0, 4, (k, 3)).astype(np.float32),
-        w=s.astype(np.float32), b=(-s * knots).astype(np.float32), theta=theta,
+        c=rng.normal(0, 1, 3).astype(np.float32),
+        l=rng.normal(0, 4, (k, 3)).astype(np.float32),
+        w=s.astype(np.float32),
+        b=(-s * knots).astype(np.float32),
+        theta=theta,
     )
     return t, params
 
@@ -107,7 +115,8 @@ def test_dp_matches_brute_force_on_random_costs():
         cuts = bounds._backtrack(start, m)
         edges = (0, *cuts.tolist(), T)
         assert sum(C[a, b - 1] for a, b in itertools.pairwise(edges)) == pytest.approx(
-            best[m - 1, -1], rel=1e-12)
+            best[m - 1, -1], rel=1e-12
+        )
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -157,8 +166,9 @@ def test_bound_on_count_data_is_tightly_certified():
     # Maximum-likelihood rows from few counts are full of exact zeros.
     base = jaxfeat.targets.oscillating(1, n=24)
     rng = np.random.default_rng(0)
-    counts = np.stack([rng.multinomial(10, row / row.sum())
-                       for row in np.asarray(base.probs, np.float64)])
+    counts = np.stack(
+        [rng.multinomial(10, row / row.sum()) for row in np.asarray(base.probs, np.float64)]
+    )
     tgt = jaxfeat.Target.from_counts(base.t, counts)
     assert np.mean(np.asarray(tgt.probs) == 0) > 0.1
     sb = segmentation_lower_bound(tgt, 6)
@@ -248,8 +258,10 @@ def test_subgrid_gives_a_weaker_valid_bound(monkeypatch):
     # Long grids switch to sub-grids on their own: 24 points cost ~(24/16)^3 = 3.4x the work
     # of 16, so two sub-grids of 12.
     monkeypatch.setattr(bounds, "AUTO_SUBGRID", 16)
-    np.testing.assert_array_equal(segmentation_lower_bound(noisy, 4).bounds,
-                                  segmentation_lower_bound(noisy, 4, subgrid=12).bounds)
+    np.testing.assert_array_equal(
+        segmentation_lower_bound(noisy, 4).bounds,
+        segmentation_lower_bound(noisy, 4, subgrid=12).bounds,
+    )
 
 
 def test_segmentation_bad_inputs():

@@ -29,19 +29,28 @@ class _FakeFits:
     def __init__(self):
         self.calls = []
 
-    def __call__(self, t, probs, k, *, activation, restarts, max_steps, key, k_max, init_knots,
-                 solver=None):
+    def __call__(
+        self, t, probs, k, *, activation, restarts, max_steps, key, k_max, init_knots, solver=None
+    ):
         ks = np.asarray(k)
         B, T, V = probs.shape
         self.calls.append((B, k_max, ks.tolist(), np.asarray(init_knots)))
         loss = jnp.asarray(100.0 * np.asarray(probs[:, 6, 0]) * ks.astype(float) ** -4)
-        params = jaxfeat.Features.create(jnp.zeros((B, V)), jnp.ones((B, k_max, V)),
-                                         jnp.ones((B, k_max)), jnp.zeros((B, k_max)))
+        params = jaxfeat.Features.create(
+            jnp.zeros((B, V)), jnp.ones((B, k_max, V)), jnp.ones((B, k_max)), jnp.zeros((B, k_max))
+        )
         return jaxfeat.FitResult(
-            params=params, kl=jnp.broadcast_to(loss[:, None], (B, T)), mean_kl=loss,
-            max_kl=4 * loss, converged=jnp.ones(B, bool), num_steps=jnp.ones(B, int),
-            restart_losses=loss[:, None], restart_converged=jnp.ones((B, 1), bool),
-            k=jnp.asarray(ks), activation=activation)
+            params=params,
+            kl=jnp.broadcast_to(loss[:, None], (B, T)),
+            mean_kl=loss,
+            max_kl=4 * loss,
+            converged=jnp.ones(B, bool),
+            num_steps=jnp.ones(B, int),
+            restart_losses=loss[:, None],
+            restart_converged=jnp.ones((B, 1), bool),
+            k=jnp.asarray(ks),
+            activation=activation,
+        )
 
 
 def test_required_features_search(monkeypatch):
@@ -74,23 +83,27 @@ def test_required_features_search(monkeypatch):
 def test_required_features_softplus_has_no_certificate(monkeypatch):
     fake = _FakeFits()
     monkeypatch.setattr(_count, "fit_batch", fake)
-    r = required_features(jaxfeat.targets.oscillating(1, n=24), 1e-2, k_max=8,
-                          activation="softplus")
+    r = required_features(
+        jaxfeat.targets.oscillating(1, n=24), 1e-2, k_max=8, activation="softplus"
+    )
     assert r.lower_bound == 1 and np.all(r.bounds == 0) and r.activation == "softplus"
     assert r.k is not None and np.all(np.isnan(fake.calls[0][3]))
 
 
 def test_required_features_bad_inputs():
     tgt = jaxfeat.targets.oscillating(1, n=24)
-    for kwargs, match in [({"tol": 0.0}, "tol"), ({"tol": -1.0}, "tol"),
-                          ({"tol": 1e-3, "k_max": 0}, "k_max"),
-                          ({"tol": 1e-3, "metric": "l2"}, "metric"),
-                          ({"tol": 1e-3, "activation": "gelu"}, "activation")]:
+    for kwargs, match in [
+        ({"tol": 0.0}, "tol"),
+        ({"tol": -1.0}, "tol"),
+        ({"tol": 1e-3, "k_max": 0}, "k_max"),
+        ({"tol": 1e-3, "metric": "l2"}, "metric"),
+        ({"tol": 1e-3, "activation": "gelu"}, "activation"),
+    ]:
         with pytest.raises(ValueError, match=match):
             required_features(tgt, **kwargs)
     with pytest.raises(ValueError, match="grid"):
         required_features_batch([tgt, jaxfeat.targets.oscillating(1, n=25)], 1e-3)
-    with pytest.raises(ValueError, match="unknown argument"):
+    with pytest.raises(TypeError, match="restart"):  # a misspelt option, as anywhere in Python
         required_features_batch([tgt], 1e-3, restart=3)
     with pytest.raises(ValueError, match="empty"):
         required_features_batch([], 1e-3)
@@ -108,8 +121,9 @@ def test_predicted_features_scaling():
     for f in (0.1, 1 / 16, 1e-3):
         assert predicted_features(tgt, 1e-3 * f) == pytest.approx(n * f**-0.25, rel=1e-12)
     # Roughly linear in the number of oscillations (the grid resolves them all).
-    ns = np.array([predicted_features(jaxfeat.targets.oscillating(m, n=1024), 1e-3)
-                   for m in (1, 2, 4, 8)])
+    ns = np.array(
+        [predicted_features(jaxfeat.targets.oscillating(m, n=1024), 1e-3) for m in (1, 2, 4, 8)]
+    )
     np.testing.assert_allclose(ns / ns[0], [1, 2, 4, 8], rtol=0.05)
 
 

@@ -9,7 +9,7 @@ from jax.test_util import check_grads
 import jaxfeat
 from jaxfeat import Features
 
-from .helpers import numpy_kl, random_features
+from .helpers import numpy_kl, random_features, x64
 
 T_GRID = jnp.linspace(0.0, 1.0, 17)
 
@@ -81,7 +81,7 @@ def test_kl_and_mean_kl_match_hand_and_numpy_values_with_zero_targets():
 
 @pytest.mark.parametrize("activation", ["relu", "softplus"])
 def test_gradients_of_the_loss_match_finite_differences(activation):
-    with jax.enable_x64(True):
+    with x64():
         prm = random_features(1, k=2, vocab=3)
         prm = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), prm)
         t = jnp.linspace(0.013, 0.987, 9, dtype=jnp.float64)  # no grid point on a knot

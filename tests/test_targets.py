@@ -17,6 +17,8 @@ from hypothesis.extra import numpy as hnp
 import jaxfeat
 from jaxfeat import Features, Target, targets
 
+from .helpers import x64
+
 # Tolerances for float32 targets: log-probabilities of rows whose logits span < 15 nats.
 LOG_ATOL = 2e-5
 
@@ -580,7 +582,7 @@ def test_integer_inputs_become_the_default_float():
 
 
 def test_under_x64_integers_become_float64_and_half_precision_float32():
-    with jax.enable_x64(True):
+    with x64():
         tgt = Target(np.array([0, 1]), np.array([[1, 0], [0, 1]]), normalize=True)
         assert tgt.t.dtype == tgt.probs.dtype == jnp.float64
         tgt = Target.from_counts(np.array([0, 1]), np.array([[1, 3], [2, 2]], np.float16))

@@ -171,7 +171,12 @@ def test_bounds_ignore_zero_probability_tokens():
     tgt = jaxfeat.Target(t, p / p.sum(1, keepdims=True))
     tp = bounds.turning_point_lower_bound(tgt, 0.01)
     assert tp.tokens is not None and 2 not in tp.tokens  # token 2 hits zero
-    assert bounds.turning_point_lower_bound(jaxfeat.Target(t, np.tile([1.0, 0.0], (50, 1))), 0.1).lower_bound == 0
+    assert (
+        bounds.turning_point_lower_bound(
+            jaxfeat.Target(t, np.tile([1.0, 0.0], (50, 1))), 0.1
+        ).lower_bound
+        == 0
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -266,7 +271,9 @@ def test_single_feature_check_falls_back_to_fit(monkeypatch):
         (lambda: bounds.turning_point_lower_bound(np.ones((3, 2)) / 2, 0.1), "jaxfeat.Target"),
         (lambda: bounds.turning_point_lower_bound(jaxfeat.targets.temperature(), -0.1), "delta"),
         (
-            lambda: bounds.piece_count_lower_bound(jaxfeat.targets.temperature(), 0.1, max_tokens=0),
+            lambda: bounds.piece_count_lower_bound(
+                jaxfeat.targets.temperature(), 0.1, max_tokens=0
+            ),
             "max_tokens",
         ),
         (
@@ -274,7 +281,10 @@ def test_single_feature_check_falls_back_to_fit(monkeypatch):
             "encoder",
         ),
         (lambda: th.single_feature_check(jaxfeat.targets.temperature(), -0.1), "delta"),
-        (lambda: th.single_feature_check(jaxfeat.targets.temperature(), 0.1, restarts=0), "restarts"),
+        (
+            lambda: th.single_feature_check(jaxfeat.targets.temperature(), 0.1, restarts=0),
+            "restarts",
+        ),
         (
             lambda: th.sup_log_ratio_error(jaxfeat.targets.temperature(), np.zeros((3, 3))),
             "must match",

@@ -6,10 +6,12 @@ applies it to correct models; the counter-test applies the *same* function to a 
 model and asserts that the violation is reported, so no checker can pass vacuously.
 
 Shapes come from a small fixed set (JIT compiles once per shape); float32 draws use ``width=32``
-and no subnormals; float64 variants run only when ``jax_enable_x64`` is on.
+and no subnormals; float64 variants (marked ``x64``) run in a process of their own with
+``JAX_ENABLE_X64=1``.
 """
 
 import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -29,7 +31,8 @@ SMALL_VOCABS = st.sampled_from([2, 3, 7, 64])
 A_GRID = jnp.arange(65, dtype=jnp.float32) / 8  # dyadic steps: exactly uniform in float32
 PEAK = jax.jit(th.token_peak_activation)
 BINARY = jax.jit(th.binary_feature)  # values are validated eagerly in test_theory.py
-x64 = pytest.mark.skipif(not jax.config.jax_enable_x64, reason="needs jax_enable_x64")
+# float64 variants: run in a process of their own, `JAX_ENABLE_X64=1 python -m pytest -m x64`.
+x64 = pytest.mark.x64
 
 
 def floats(lo, hi):
@@ -363,7 +366,9 @@ def turning_excess(z, k, tol):
     else:
         jj = np.concatenate([np.arange(1, V), np.arange(2, V)])
         mm = np.concatenate([np.zeros(V - 1, int), np.ones(V - 2, int)])
-    return int(np.max(th.turning_points(z[:, jj] - z[:, mm], threshold=tol))) - th.max_turning_points(k)
+    return int(
+        np.max(th.turning_points(z[:, jj] - z[:, mm], threshold=tol))
+    ) - th.max_turning_points(k)
 
 
 def random_relu(rng, k, V, knot_range=1.2):

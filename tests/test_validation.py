@@ -93,6 +93,10 @@ FIT_CASES = [
     ("unknown activation", dict(k=1, activation="tanh"), "activation='tanh'.*use one of"),
     ("k_max below k", dict(k=3, k_max=2), "k_max=2 is smaller"),
     ("init_knots shape", dict(k=2, init_knots=[0.5]), "init_knots must have shape"),
+    ("optimizer not optax", dict(k=1, optimizer="adam"), "optimizer must be an optax"),
+    ("optimizer a bare function", dict(k=1, optimizer=lambda g: g), "GradientTransformation"),
+    ("solver not settings", dict(k=1, solver={"window": 3}), "solver must be a jaxfeat"),
+    ("no devices", dict(k=1, devices=[]), "devices is empty"),
 ]
 
 
@@ -114,6 +118,8 @@ BATCH_CASES = [
     ("nan probs", dict(probs=_with(P, (0, 0), np.nan)[None]), "NaN"),
     ("unnormalised", dict(probs=P[None] * 2), "sum to 1"),
     ("unsorted t", dict(t=T[::-1]), "not increasing"),
+    ("k list of the wrong length", dict(probs=np.stack([P, P]), k=[1, 2, 3]), "k has shape.*B = 2"),
+    ("k as a matrix", dict(probs=np.stack([P, P]), k=[[1], [2]]), "k has shape"),
 ]
 
 
@@ -133,6 +139,20 @@ TARGET_LIBRARY_CASES = [
     (targets.temperature, dict(n=1), "at least 2"),
     (targets.html_closing_tag, dict(p_on=(0.5, 0.5, 0.1)), "p_on"),
 ]
+
+
+def test_fit_rejects_misspelt_options_like_any_python_function():
+    with pytest.raises(TypeError, match="restart"):
+        jaxfeat.fit(GOOD, 1, restart=3)
+
+
+def test_half_precision_inputs_are_fitted_in_float32():
+    # float16 has ~3 significant digits: KL values and Gauss-Newton systems in it would be noise.
+    p16 = np.asarray(GOOD.probs, np.float16)
+    p16 = p16 / p16.sum(axis=-1, keepdims=True)
+    res = jaxfeat.fit_batch(GOOD.t, p16[None].astype(np.float16), 2, restarts=2, max_steps=10)
+    assert res.mean_kl.dtype == jnp.float32 and res.params.l.dtype == jnp.float32
+    assert np.isfinite(res.mean_kl).all()
 
 
 @pytest.mark.parametrize(("fn", "kwargs", "match"), TARGET_LIBRARY_CASES)

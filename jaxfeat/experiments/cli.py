@@ -1,60 +1,155 @@
-"""Command line: ``jaxfeat reproduce`` writes the figures and benchmark tables."""
+"""The ``jaxfeat`` command: ``reproduce`` recomputes the sweeps and figures; ``count`` and ``fit``
+analyse a curve of your own (see :mod:`jaxfeat.experiments.commands`)."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from . import commands, plots, sweeps
+from .store import atomic_write_json
+
+# Where `jaxfeat reproduce` looks for the committed reference results, and where it computes.
+REFERENCE_DIR = "benchmarks/results/feature_count_{mode}"
+RUN_DIR = "runs/reproduce_{mode}"
+_MARKER = "run.json"
+
 
 def reproduce(
     full: bool = False,
-    figures_dir: str = "figures",
-    results_dir: str = "benchmarks/results",
+    *,
+    out: str | Path | None = None,
+    figures_dir: str | Path = "figures",
+    reference: str | Path | None = None,
+    reuse: bool = False,
     fresh: bool = False,
+    progress: bool = True,
+    settings: sweeps.Settings | None = None,
+    counter: object = None,
 ) -> int:
-    """Runs the seed's examples and the feature-count sweeps, then draws every figure.
+    """Recomputes every sweep, draws every figure and compares the numbers with the reference.
 
-    Sweeps resume from the results files already in ``results_dir`` unless ``fresh`` is set.
+    A run computes into ``out`` and marks it with ``run.json``. An interrupted run (the marker
+    says ``"running"``) resumes; a finished one, or any other results there, is discarded and
+    computed again, so what is reported is always computed by this run. At the end the fresh
+    rows are compared with the committed reference results, row by row.
+
+    Args:
+      full: the full sweeps instead of the quick ones.
+      out: directory of this run's results (default ``runs/reproduce_<mode>``).
+      figures_dir: where the PNGs go.
+      reference: the reference results (default ``benchmarks/results/feature_count_<mode>``).
+      reuse: compute nothing: redraw the figures from the reference results.
+      fresh: discard an interrupted run instead of resuming it.
+      progress: progress bars on stderr.
+      settings: sweep sizes other than the mode's preset (tests use tiny ones).
+      counter: stand-in feature counter for :func:`jaxfeat.experiments.sweeps.run_sweeps`.
+
+    Returns:
+      The exit code: 0, or 1 when ``reuse`` finds no reference results.
     """
-    from . import plots, seed, sweeps
-
     start = time.perf_counter()
-    mode = "full" if full else "quick"
+    settings = settings or sweeps.PRESETS["full" if full else "quick"]
+    mode = settings.mode
+    ref = Path(reference or REFERENCE_DIR.format(mode=mode))
     figs = Path(figures_dir)
-    res = Path(results_dir or f"benchmarks/results/feature_count_{mode}")
-    print("jaxfeat reproduce: the seed's examples (1 and 2 ReLU features)", flush=True)
-    seed = seed.seed_fits()
-    print(seed.seed_table(seed), flush=True)
-    written = [
-        seed.figure_html(seed, figs / "fig1_html_closing_tag.png"),
-        seed.figure_temperature(seed, figs / "fig2_temperature.png"),
-    ]
-    print(f"\nFeature-count sweeps ({mode} mode; results in {res})", flush=True)
-    sweeps.run_sweeps(res, mode, fresh=fresh)
-    summary = sweeps.summarize(res)
-    print(summary.text, flush=True)
-    written += plots.plot_all(res, figs)
-    print("\nFigures:\n" + "\n".join(f"  {p}" for p in written))
+    if reuse:
+        if not any(sweeps.read_rows(ref, s) for s in sweeps.SWEEPS):
+            print(f"jaxfeat reproduce --reuse: no results in {ref}", file=sys.stderr)
+            return 1
+        print(f"jaxfeat reproduce --reuse: NOTHING IS RECOMPUTED; figures drawn from {ref}")
+        print(sweeps.summarize(ref).text)
+        _report_figures(plots.plot_all(ref, figs))
+        return 0
+    run = Path(out or RUN_DIR.format(mode=mode))
+    # Read before computing: `out` may be the reference directory itself.
+    before = {s: sweeps.read_rows(ref, s) for s in sweeps.SWEEPS}
+    marker = load_marker(run)
+    resume = (
+        not fresh
+        and marker is not None
+        and marker.get("status") == "running"
+        and (marker.get("mode") == mode)
+    )
+    if not resume:
+        for sweep in sweeps.SWEEPS:
+            sweeps.results_path(run, sweep).unlink(missing_ok=True)
+    atomic_write_json(run / _MARKER, {"mode": mode, "status": "running", "started": time.time()})
+    print(
+        f"jaxfeat reproduce ({mode} mode): "
+        f"{'resuming the interrupted run' if resume else 'a new run'}"
+        f" in {run}",
+        flush=True,
+    )
+    sweeps.run_sweeps(run, settings, counter=counter, progress=progress)
+    atomic_write_json(
+        run / _MARKER, {"mode": mode, "status": "done", "seconds": time.perf_counter() - start}
+    )
+    print(sweeps.summarize(run).text, flush=True)
+    _report_figures(plots.plot_all(run, figs))
+    after = {s: sweeps.read_rows(run, s) for s in sweeps.SWEEPS}
+    print("\n" + sweeps.compare(before, after, name=f"reference in {ref}"))
     print(f"\nDone in {time.perf_counter() - start:.0f} s.")
     return 0
 
 
+def load_marker(run: str | Path) -> dict | None:
+    """The run marker of a ``reproduce`` directory, or ``None``."""
+    try:
+        return json.loads((Path(run) / _MARKER).read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def _report_figures(paths: Sequence[Path]) -> None:
+    print("\nFigures:\n" + "\n".join(f"  {p}" for p in paths))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``jaxfeat`` command.
+
+    Example:
+      >>> main(["reproduce", "--reuse", "--reference", "no/such/dir"])
+      1
+    """
     parser = argparse.ArgumentParser(prog="jaxfeat", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    rep = sub.add_parser("reproduce", help="write the figures and benchmark tables")
+    rep = sub.add_parser(
+        "reproduce",
+        help="recompute the sweeps and figures; compare with the committed reference results",
+    )
     rep.add_argument("--full", action="store_true", help="complete sweeps (slow) instead of quick")
-    rep.add_argument("--figures-dir", default="figures")
-    rep.add_argument("--results-dir", default=None,
-                     help="default: benchmarks/results/feature_count_{quick,full}")
-    rep.add_argument("--fresh", action="store_true", help="ignore existing results, start again")
+    rep.add_argument("--out", default=None, help=f"this run's results (default {RUN_DIR})")
+    rep.add_argument("--figures-dir", default="figures", help="where the PNGs go (figures/)")
+    rep.add_argument(
+        "--reference",
+        default=None,
+        help=f"reference results to compare with (default {REFERENCE_DIR})",
+    )
+    rep.add_argument(
+        "--reuse",
+        action="store_true",
+        help="recompute nothing: redraw the figures from the reference results",
+    )
+    rep.add_argument("--fresh", action="store_true", help="discard an interrupted run")
+    rep.add_argument("--quiet", action="store_true", help="no progress bars")
+    commands.add_parsers(sub)
     args = parser.parse_args(argv)
     if args.command == "reproduce":
-        return reproduce(args.full, args.figures_dir, args.results_dir, args.fresh)
-    return 2
+        return reproduce(
+            args.full,
+            out=args.out,
+            figures_dir=args.figures_dir,
+            reference=args.reference,
+            reuse=args.reuse,
+            fresh=args.fresh,
+            progress=not args.quiet,
+        )
+    return args.func(args)
 
 
 if __name__ == "__main__":

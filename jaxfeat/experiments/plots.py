@@ -18,7 +18,9 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
+from .store import atomic_write
 from .sweeps import (
+    SEED_SPECS,
     THEORY_TOL_SLOPE,
     UNCONSTRAINED,
     k_per_m_stats,
@@ -36,24 +38,45 @@ FIGURES = {
     "encoders": "feature_count_encoders.png",
     "temperature": "temperature_fits.png",
     "coupled": "coupled_features.png",
+    "html": "fig1_html_closing_tag.png",
+    "seed_temperature": "fig2_temperature.png",
 }
+# Temperatures at which Figure 2 shows the distributions (°C).
+TEMPERATURE_LEVELS = (8.0, 18.0, 28.0)
 _COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown")
 _KL = "mean KL, nats"
 
 
 def save(fig: Figure, path: str | Path) -> Path:
-    """Saves a figure as a PNG without the software version stamp (reproducible bytes)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI, metadata={"Software": None}, bbox_inches="tight")
-    return path
+    """Saves a figure atomically: PNG unless the suffix names another format.
+
+    PNGs carry no software version stamp, so the same figure gives the same bytes.
+
+    Args:
+      fig: the figure.
+      path: destination (its directory is created).
+
+    Returns:
+      The path written.
+
+    Example:
+      >>> import pathlib, tempfile
+      >>> save(Figure(), pathlib.Path(tempfile.mkdtemp()) / "empty.png").read_bytes()[:4]
+      b'\\x89PNG'
+    """
+    fmt = Path(path).suffix[1:].lower() or "png"
+    meta = {"metadata": {"Software": None}} if fmt == "png" else {}
+    return atomic_write(
+        path, lambda tmp: fig.savefig(tmp, format=fmt, dpi=DPI, bbox_inches="tight", **meta)
+    )
 
 
 def _counted(rows: Rows) -> tuple[np.ndarray, np.ndarray]:
     """(mask of rows whose k was found, k with censored rows set to k_max)."""
     found = np.array([r.get("k") is not None for r in rows], bool)
-    k = np.array([r["k"] if r.get("k") is not None else r.get("k_max", np.nan) for r in rows],
-                 float)
+    k = np.array(
+        [r["k"] if r.get("k") is not None else r.get("k_max", np.nan) for r in rows], float
+    )
     return found, k
 
 
@@ -100,8 +123,11 @@ def _draw_counts(ax: Any, x: np.ndarray, rows: Rows, color: str) -> set[str]:
 
 
 def _style_legend(ax: Any, drawn: set[str], loc: str, extra: Sequence[Line2D] = ()) -> None:
-    handles = [Line2D([], [], color="0.2", label=_STYLE_LABELS[n], **_STYLES[n])
-               for n in _STYLES if n in drawn]
+    handles = [
+        Line2D([], [], color="0.2", label=_STYLE_LABELS[n], **_STYLES[n])
+        for n in _STYLES
+        if n in drawn
+    ]
     ax.add_artist(ax.legend(handles=[*handles, *extra], fontsize=7.5, loc=loc))
 
 
@@ -121,7 +147,6 @@ def _int_log_ticks(ax: Any, values: np.ndarray) -> None:
     ax.yaxis.set_major_locator(FixedLocator(ticks))
     ax.yaxis.set_major_formatter(ScalarFormatter())
     ax.yaxis.set_minor_formatter(NullFormatter())
-
 
 
 # ---------------------------------------------------------------------------------------------
@@ -153,8 +178,11 @@ def oscillations_figure(rows: Rows) -> Figure:
     _color_legend(ax, entries, "lower right", "tolerance")
     ax.set_xlabel("oscillations m of the logits on t ∈ [0, 1]")
     ax.set_ylabel("features k (ReLU encoders)")
-    ax.set_title("Features needed for logits that oscillate m times (theory: k ∝ m)\n"
-                 "target oscillating(m): logits (0, 3 sin 2πmt, 2 cos 2πmt)", fontsize=10.5)
+    ax.set_title(
+        "Features needed for logits that oscillate m times (theory: k ∝ m)\n"
+        "target oscillating(m): logits (0, 3 sin 2πmt, 2 cos 2πmt)",
+        fontsize=10.5,
+    )
     ax.set_ylim(bottom=0)
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
@@ -221,8 +249,10 @@ def vocabulary_figure(rows: Rows) -> Figure:
     families = sorted({r["target"]["family"] for r in rows}, reverse=True)
     fig = Figure(figsize=(5.6 * max(len(families), 1), 5.0), layout="constrained")
     axes = fig.subplots(1, max(len(families), 1), squeeze=False)[0]
-    names = {"tuning_curves": "tuning curves (Gaussian logit bumps)",
-             "random_smooth": "random smooth (Fourier) logits"}
+    names = {
+        "tuning_curves": "tuning curves (Gaussian logit bumps)",
+        "random_smooth": "random smooth (Fourier) logits",
+    }
     for ax, fam in zip(axes, families, strict=False):
         sub = sorted((r for r in rows if r["target"]["family"] == fam), key=lambda r: r["V"])
         V = np.array([r["V"] for r in sub], float)
@@ -230,12 +260,25 @@ def vocabulary_figure(rows: Rows) -> Figure:
         rank = _field(sub, "affine_rank")
         ax.plot(V, rank, "s-", color=_COLORS[2], ms=5, lw=1.2)
         ax.plot(V, V - 1, color="0.5", lw=1, ls="-.")
-        _style_legend(ax, drawn, "upper left", [
-            Line2D([], [], color=_COLORS[2], marker="s", ms=5, lw=1.2,
-                   label="unconstrained encoders: affine rank"),
-            Line2D([], [], color="0.5", lw=1, ls="-.",
-                   label="V − 1: the affine rank's ceiling"),
-        ])
+        _style_legend(
+            ax,
+            drawn,
+            "upper left",
+            [
+                Line2D(
+                    [],
+                    [],
+                    color=_COLORS[2],
+                    marker="s",
+                    ms=5,
+                    lw=1.2,
+                    label="unconstrained encoders: affine rank",
+                ),
+                Line2D(
+                    [], [], color="0.5", lw=1, ls="-.", label="V − 1: the affine rank's ceiling"
+                ),
+            ],
+        )
         tols = sorted({r["tol"] for r in sub})
         extra = ""
         if fam == "tuning_curves":
@@ -277,27 +320,50 @@ def encoders_figure(rows: Rows) -> Figure:
             x = i + (j - (len(acts) - 1) / 2) * width
             censored = r.get("k") is None
             k = r.get("k_max", 0) if censored else r["k"]
-            ax.bar(x, k, width * 0.92, color=_COLORS[j % len(_COLORS)],
-                   hatch="//" if censored else None, alpha=0.5 if censored else 1.0)
-            ax.text(x, k, f"> {k}" if censored else f"{k}", ha="center", va="bottom", fontsize=7.5,
-                    bbox={"fc": "white", "ec": "none", "pad": 0.5})
+            ax.bar(
+                x,
+                k,
+                width * 0.92,
+                color=_COLORS[j % len(_COLORS)],
+                hatch="//" if censored else None,
+                alpha=0.5 if censored else 1.0,
+            )
+            ax.text(
+                x,
+                k,
+                f"> {k}" if censored else f"{k}",
+                ha="center",
+                va="bottom",
+                fontsize=7.5,
+                bbox={"fc": "white", "ec": "none", "pad": 0.5},
+            )
 
             if r.get("bound_certified") and r.get("lower_bound") is not None:
                 ax.plot([x - width / 2, x + width / 2], [r["lower_bound"]] * 2, "k-", lw=2)
-    handles = [Line2D([], [], color=_COLORS[j % len(_COLORS)], lw=8,
-                      label="unconstrained (affine rank)" if a == UNCONSTRAINED else a)
-               for j, a in enumerate(acts)]
+    handles = [
+        Line2D(
+            [],
+            [],
+            color=_COLORS[j % len(_COLORS)],
+            lw=8,
+            label="unconstrained (affine rank)" if a == UNCONSTRAINED else a,
+        )
+        for j, a in enumerate(acts)
+    ]
     handles.append(Line2D([], [], color="k", lw=2, label="certified lower bound (PL encoders)"))
     if any(r.get("k") is None for r in rows):
-        handles.append(Patch(fc="0.85", ec="0.3", hatch="//",
-                             label="tol not reached by any k ≤ k_max"))
+        handles.append(
+            Patch(fc="0.85", ec="0.3", hatch="//", label="tol not reached by any k ≤ k_max")
+        )
     ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_xticks(range(len(labels)), labels, rotation=12, fontsize=8)
     ax.set_ylabel("features k")
     tols = sorted({r["tol"] for r in rows})
     ax.set_xlabel("target")
-    ax.set_title("Features needed depend on the encoder class\n"
-                 f"(smallest k with mean KL ≤ {', '.join(f'{t:g}' for t in tols)} nats)")
+    ax.set_title(
+        "Features needed depend on the encoder class\n"
+        f"(smallest k with mean KL ≤ {', '.join(f'{t:g}' for t in tols)} nats)"
+    )
     ax.set_ylim(0, max((r.get("k") or r.get("k_max", 1)) for r in rows) * 1.15 + 0.5)
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3, axis="y")
@@ -315,13 +381,99 @@ def _fit_curves(row: Mapping[str, Any]) -> tuple[Any, np.ndarray, np.ndarray]:
     from jaxfeat import Features, probs
 
     tgt = make_target(row["target"])
-    prm = Features(*(jnp.asarray(row["params"][n], tgt.probs.dtype)
-                     for n in ("c", "l", "w", "b", "theta")))
+    prm = Features(
+        *(jnp.asarray(row["params"][n], tgt.probs.dtype) for n in ("c", "l", "w", "b", "theta"))
+    )
     return tgt, np.asarray(tgt.t), np.asarray(probs(prm, tgt.t, row["activation"]))
 
 
 def _log_ratio(p: np.ndarray, i: int, j: int) -> np.ndarray:
     return np.log(np.maximum(p[:, i], 1e-300)) - np.log(np.maximum(p[:, j], 1e-300))
+
+
+def _of_target(rows: Rows, spec: tuple[tuple[str, Any], ...]) -> list[Mapping[str, Any]]:
+    """The rows fitted to one of the seed's targets, on whatever grid size (``n``)."""
+    want = {k: v for k, v in spec if k != "n"}
+    return [r for r in rows if {k: v for k, v in r["target"].items() if k != "n"} == want]
+
+
+def _fit_label(row: Mapping[str, Any], digits: int) -> str:
+    k = int(row["k"])
+    return f"{k} fitted feature{'s' if k > 1 else ''} (mean KL {row['mean_kl']:.{digits}e} nats)"
+
+
+def html_figure(rows: Rows) -> Figure:
+    """Figure 1: next-token distribution after ``</p>`` with the feature off and on.
+
+    Args:
+      rows: rows of the ``seed_fits`` sweep (the HTML tag's with k = 1 and 2 are drawn).
+    """
+    fits = [r for r in _of_target(rows, SEED_SPECS[0]) if r["k"] in (1, 2)]
+    tgt, _, _ = _fit_curves(fits[0])
+    names = list(tgt.tokens)
+    x = np.arange(len(names))
+    fig = Figure(figsize=(10, 3.6), layout="constrained")
+    axes = fig.subplots(1, 2, sharey=True)
+    for ax, point, title in zip(
+        axes, (0, 1), ("feature off (a = 0)", "feature on (a = 1)"), strict=True
+    ):
+        ax.bar(x, np.asarray(tgt.probs[point]), color="0.75", label="target")
+        for row, marker, color in zip(fits, ("o", "x"), ("C0", "C3"), strict=False):
+            ax.plot(
+                x,
+                _fit_curves(row)[2][point],
+                marker,
+                color=color,
+                ms=7,
+                ls="none",
+                label=_fit_label(row, 0),
+            )
+        ax.set_xticks(x, [repr(n) for n in names], fontsize=8)
+        ax.set_title(title)
+        ax.set_xlabel("next token")
+        ax.set_ylabel("probability")
+    axes[1].legend(fontsize=8, loc="upper right")
+    fig.suptitle(
+        "Figure 1. Next token after an HTML </p>: one binary feature reproduces it exactly"
+    )
+    return fig
+
+
+def seed_temperature_figure(rows: Rows) -> Figure:
+    """Figure 2: P(cold, mild, hot) at three temperatures, target vs 1- and 2-feature fits.
+
+    Args:
+      rows: rows of the ``seed_fits`` sweep (both temperatures' with k = 1 and 2 are drawn).
+    """
+    fig = Figure(figsize=(13, 6), layout="constrained")
+    axes = fig.subplots(2, 3, sharey=True)
+    for r, spec in enumerate(SEED_SPECS[1:]):
+        fits = [row for row in _of_target(rows, spec) if row["k"] in (1, 2)]
+        curves = [_fit_curves(row) for row in fits]
+        tgt, t, _ = curves[0]
+        for col, level in enumerate(TEMPERATURE_LEVELS):
+            i = int(np.argmin(np.abs(t - level)))
+            ax = axes[r, col]
+            x = np.arange(tgt.vocab)
+            ax.bar(x, np.asarray(tgt.probs[i]), color="0.75", label="target")
+            for row, (_, _, q), marker, color in zip(
+                fits, curves, ("o", "x"), ("C0", "C3"), strict=False
+            ):
+                ax.plot(x, q[i], marker, color=color, ms=8, ls="none", label=_fit_label(row, 1))
+            ax.set_xticks(x, tgt.tokens)
+            ax.set_yscale("log")
+            ax.set_ylim(1e-4, 2.0)
+            kind = "monotone" if r == 0 else "non-monotone"
+            ax.set_title(f"{kind} target, t = {t[i]:.0f} °C", fontsize=10)
+            ax.set_ylabel("probability (log scale)")
+            ax.set_xlabel("next token")
+        axes[r, 2].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    fig.suptitle(
+        "Figure 2. Temperature feature at three temperatures: one feature matches the "
+        "monotone target;\nthe non-monotone one (P(mild)/P(cold) rises then falls) "
+        "needs two"
+    )
+    return fig
 
 
 def temperature_figure(rows: Rows) -> Figure:
@@ -331,15 +483,19 @@ def temperature_figure(rows: Rows) -> Figure:
     feature can follow (its every log-ratio is affine in the activation, hence monotone in t).
 
     Args:
-      rows: rows of the ``temperature_fits`` sweep (k = 1 and k = 2 are drawn).
+      rows: rows of the ``seed_fits`` sweep (those of the non-monotone temperature with k = 1 and
+        k = 2 are drawn).
     """
+    rows = _of_target(rows, SEED_SPECS[2])
     by_k = {r["k"]: r for r in rows}
     ks = [k for k in (1, 2) if k in by_k] or sorted(by_k)[:2]
     tgt, t, _ = _fit_curves(by_k[ks[0]])
     p = np.asarray(tgt.probs, float)
     tokens = list(tgt.tokens or [f"token {v}" for v in range(p.shape[1])])
-    mild, cold = tokens.index("mild") if "mild" in tokens else 1, tokens.index("cold") if (
-        "cold" in tokens) else 0
+    mild, cold = (
+        tokens.index("mild") if "mild" in tokens else 1,
+        tokens.index("cold") if ("cold" in tokens) else 0,
+    )
     fig = Figure(figsize=(12.0, 4.8), layout="constrained")
     ax1, ax2 = fig.subplots(1, 2)
     styles = {ks[0]: "--", ks[-1]: ":"} if len(ks) > 1 else {ks[0]: "--"}
@@ -350,8 +506,13 @@ def temperature_figure(rows: Rows) -> Figure:
         for v in range(p.shape[1]):
             ax1.plot(t, q[:, v], styles[k], color=_COLORS[v], lw=1.5)
     for k in ks:
-        ax1.plot([], [], styles[k], color="k",
-                 label=f"{k}-feature fit (mean KL {by_k[k]['mean_kl']:.1e} nats)")
+        ax1.plot(
+            [],
+            [],
+            styles[k],
+            color="k",
+            label=f"{k}-feature fit (mean KL {by_k[k]['mean_kl']:.1e} nats)",
+        )
     ax1.set_xlabel("temperature t (°C)")
     ax1.set_ylabel("next-token probability")
     ax1.set_title("Next-token probabilities")
@@ -362,23 +523,33 @@ def temperature_figure(rows: Rows) -> Figure:
     ax2.plot(t, target_ratio, "-", color="k", lw=2.5, alpha=0.5, label="target")
     for k in ks:
         _, _, q = _fit_curves(by_k[k])
-        ax2.plot(t, _log_ratio(q, mild, cold), styles[k], color="k", lw=1.5,
-                 label=f"{k}-feature fit")
+        ax2.plot(
+            t, _log_ratio(q, mild, cold), styles[k], color="k", lw=1.5, label=f"{k}-feature fit"
+        )
     peak = t[int(np.argmax(target_ratio))]
     ax2.axvspan(peak, t[-1], color="tab:red", alpha=0.08)
     ax2.axvline(peak, color="tab:red", lw=1, alpha=0.6)
-    ax2.annotate(f"ratio falls after {peak:.1f} °C:\none feature cannot follow\n"
-                 "(its log-ratios are monotone in t)", xy=(peak, target_ratio.max()),
-                 xytext=(0.97, 0.95), textcoords="axes fraction", ha="right", va="top",
-                 fontsize=8, color="tab:red",
-                 arrowprops={"arrowstyle": "->", "color": "tab:red", "lw": 1})
+    ax2.annotate(
+        f"ratio falls after {peak:.1f} °C:\none feature cannot follow\n"
+        "(its log-ratios are monotone in t)",
+        xy=(peak, target_ratio.max()),
+        xytext=(0.97, 0.95),
+        textcoords="axes fraction",
+        ha="right",
+        va="top",
+        fontsize=8,
+        color="tab:red",
+        arrowprops={"arrowstyle": "->", "color": "tab:red", "lw": 1},
+    )
     ax2.set_xlabel("temperature t (°C)")
     ax2.set_ylabel(f"log(P({tokens[mild]}) / P({tokens[cold]})), nats")
     ax2.set_title(f"The ratio {tokens[mild]}/{tokens[cold]} rises then falls")
     ax2.legend(fontsize=8, loc="lower left")
     ax2.grid(alpha=0.3)
-    fig.suptitle("Temperature example: one feature cannot make a ratio rise then fall; "
-                 "two coupled features can")
+    fig.suptitle(
+        "Temperature example: one feature cannot make a ratio rise then fall; "
+        "two coupled features can"
+    )
     return fig
 
 
@@ -390,10 +561,11 @@ def coupled_features_figure(rows: Rows, k: int | None = None) -> Figure:
     single feature is "the temperature".
 
     Args:
-      rows: rows of the ``temperature_fits`` sweep.
+      rows: rows of the ``seed_fits`` sweep (the non-monotone temperature's are drawn).
       k: which fit (default 2, the fewest features that make the ratio rise and fall; else the
         largest stored).
     """
+    rows = _of_target(rows, SEED_SPECS[2])
     import jax.numpy as jnp
 
     from jaxfeat import Features, activations
@@ -404,8 +576,9 @@ def coupled_features_figure(rows: Rows, k: int | None = None) -> Figure:
 
     row = by_k[k]
     tgt, t, _ = _fit_curves(row)
-    prm = Features(*(jnp.asarray(row["params"][n], tgt.probs.dtype)
-                     for n in ("c", "l", "w", "b", "theta")))
+    prm = Features(
+        *(jnp.asarray(row["params"][n], tgt.probs.dtype) for n in ("c", "l", "w", "b", "theta"))
+    )
     a = np.asarray(activations(prm, tgt.t, row["activation"]))
     L = np.asarray(prm.l, float)
     tokens = list(tgt.tokens or [f"token {v}" for v in range(L.shape[1])])
@@ -441,16 +614,25 @@ def coupled_features_figure(rows: Rows, k: int | None = None) -> Figure:
         ax3.plot(t, contrib, color=_COLORS[3 + i % 3], lw=1.5, label=f"feature {i + 1}")
     c = np.asarray(prm.c, float)
     ax3.plot(t, total + c[mild] - c[cold], "k:", lw=2, label="sum + bias = fit")
-    ax3.plot(t, _log_ratio(np.asarray(tgt.probs, float), mild, cold), "k-", lw=2.5, alpha=0.3,
-             label="target")
+    ax3.plot(
+        t,
+        _log_ratio(np.asarray(tgt.probs, float), mild, cold),
+        "k-",
+        lw=2.5,
+        alpha=0.3,
+        label="target",
+    )
     ax3.set_xlabel("temperature t (°C)")
     ax3.set_ylabel(f"contribution to log(P({tokens[mild]}) / P({tokens[cold]})), nats")
-    ax3.set_title(f"The {tokens[mild]}/{tokens[cold]} ratio: rise and fall come from\n"
-                  "different features")
+    ax3.set_title(
+        f"The {tokens[mild]}/{tokens[cold]} ratio: rise and fall come from\ndifferent features"
+    )
     ax3.legend(fontsize=8)
     ax3.grid(alpha=0.3)
-    fig.suptitle(f"The {k} coupled features of the best {k}-feature fit (mean KL "
-                 f"{row['mean_kl']:.1e} nats): no single feature means \"temperature\"")
+    fig.suptitle(
+        f"The {k} coupled features of the best {k}-feature fit (mean KL "
+        f'{row["mean_kl"]:.1e} nats): no single feature means "temperature"'
+    )
     return fig
 
 
@@ -458,46 +640,43 @@ def coupled_features_figure(rows: Rows, k: int | None = None) -> Figure:
 # From results files to PNGs
 
 
-def _plot(builder: Any, rows: Rows, path: Path) -> Path | None:
+# Each figure: (its builder, the sweep whose rows it draws).
+_BUILDERS = {
+    "oscillations": (oscillations_figure, "oscillations"),
+    "tolerance": (tolerance_figure, "tolerance"),
+    "vocabulary": (vocabulary_figure, "vocabulary"),
+    "encoders": (encoders_figure, "encoders"),
+    "temperature": (temperature_figure, "seed_fits"),
+    "coupled": (coupled_features_figure, "seed_fits"),
+    "html": (html_figure, "seed_fits"),
+    "seed_temperature": (seed_temperature_figure, "seed_fits"),
+}
+
+
+def plot(name: str, results_dir: str | Path, figures_dir: str | Path) -> Path | None:
+    """Draws one figure from the results files and saves it as ``figures_dir / FIGURES[name]``.
+
+    Args:
+      name: a key of :data:`FIGURES`.
+      results_dir: directory of the sweeps' JSON files.
+      figures_dir: where the PNG goes (created if needed).
+
+    Returns:
+      The PNG's path, or ``None`` when the sweep it draws has no rows.
+
+    Example:
+      >>> import tempfile
+      >>> plot("oscillations", tempfile.mkdtemp(), tempfile.mkdtemp()) is None  # no results yet
+      True
+    """
+    if name not in _BUILDERS:
+        raise ValueError(f"unknown figure {name!r}; use one of {', '.join(FIGURES)}.")
+    builder, sweep = _BUILDERS[name]
+    rows = read_rows(results_dir, sweep)
     if not rows:
         return None
-    return save(builder(rows), path)
-
-
-def plot_oscillations(results_dir: str | Path, figures_dir: str | Path) -> Path | None:
-    """Figure (a) from ``results_dir/oscillations.json``; ``None`` if that file is missing."""
-    return _plot(oscillations_figure, read_rows(results_dir, "oscillations"),
-                 Path(figures_dir) / FIGURES["oscillations"])
-
-
-def plot_tolerance(results_dir: str | Path, figures_dir: str | Path) -> Path | None:
-    """Figure (b) from ``results_dir/tolerance.json``; ``None`` if that file is missing."""
-    return _plot(tolerance_figure, read_rows(results_dir, "tolerance"),
-                 Path(figures_dir) / FIGURES["tolerance"])
-
-
-def plot_vocabulary(results_dir: str | Path, figures_dir: str | Path) -> Path | None:
-    """Figure (c) from ``results_dir/vocabulary.json``; ``None`` if that file is missing."""
-    return _plot(vocabulary_figure, read_rows(results_dir, "vocabulary"),
-                 Path(figures_dir) / FIGURES["vocabulary"])
-
-
-def plot_encoders(results_dir: str | Path, figures_dir: str | Path) -> Path | None:
-    """The encoder comparison from ``results_dir/encoders.json``; ``None`` if it is missing."""
-    return _plot(encoders_figure, read_rows(results_dir, "encoders"),
-                 Path(figures_dir) / FIGURES["encoders"])
-
-
-def plot_temperature(results_dir: str | Path, figures_dir: str | Path) -> Path | None:
-    """Figure (d) from ``results_dir/temperature_fits.json``; ``None`` if it is missing."""
-    return _plot(temperature_figure, read_rows(results_dir, "temperature_fits"),
-                 Path(figures_dir) / FIGURES["temperature"])
-
-
-def plot_coupled_features(results_dir: str | Path, figures_dir: str | Path) -> Path | None:
-    """Figure (e) from ``results_dir/temperature_fits.json``; ``None`` if it is missing."""
-    return _plot(coupled_features_figure, read_rows(results_dir, "temperature_fits"),
-                 Path(figures_dir) / FIGURES["coupled"])
+    fig = builder(rows)
+    return save(fig, Path(figures_dir) / FIGURES[name])
 
 
 def plot_all(results_dir: str | Path, figures_dir: str | Path) -> list[Path]:
@@ -505,7 +684,7 @@ def plot_all(results_dir: str | Path, figures_dir: str | Path) -> list[Path]:
 
     Args:
       results_dir: directory of the sweeps' JSON files (see
-        :func:`jaxfeat._experiments.run_sweeps`).
+        :func:`jaxfeat.experiments.sweeps.run_sweeps`).
 
       figures_dir: where the PNGs go (created if needed).
 
@@ -513,9 +692,8 @@ def plot_all(results_dir: str | Path, figures_dir: str | Path) -> list[Path]:
       The paths written.
     """
     out = []
-    for fn in (plot_oscillations, plot_tolerance, plot_vocabulary, plot_encoders,
-               plot_temperature, plot_coupled_features):
-        path = fn(results_dir, figures_dir)
+    for name in FIGURES:
+        path = plot(name, results_dir, figures_dir)
         if path is not None:
             out.append(path)
     return out

@@ -19,7 +19,7 @@ import os
 import platform
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,6 @@ FORMAT = 1
 # The process umask can only be read by setting it; done once, at import.
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
-
 
 
 def _fmt(value: Any) -> str:
@@ -130,27 +129,35 @@ def environment() -> dict[str, Any]:
     }
 
 
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Writes ``obj`` as JSON so that ``path`` holds either the old or the new content, never a mix.
+def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> Path:
+    """Writes a file so that ``path`` holds either the old or the new content, never a mix.
 
-    Writes a temporary file in the same directory (``os.replace`` is only atomic within one file
-    system), fsyncs it, replaces ``path`` and fsyncs the directory so the rename itself survives a
-    power cut.
+    ``write(tmp)`` writes a temporary file in the same directory (``os.replace`` is only atomic
+    within one file system); it is fsynced, replaces ``path``, and the directory is fsynced so
+    the rename itself survives a power cut.
 
     Args:
-      path: destination file.
-      obj: JSON-serialisable object (see :func:`jsonable`).
+      path: destination file (its directory is created).
+      write: writes the content to the file name it is given.
+
+    Returns:
+      ``path``.
+
+    Example:
+      >>> import pathlib, tempfile
+      >>> out = pathlib.Path(tempfile.mkdtemp()) / "note.txt"
+      >>> atomic_write(out, lambda tmp: pathlib.Path(tmp).write_text("hello")).read_text()
+      'hello'
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
         # mkstemp creates the file private (0600); results files get the usual permissions.
         os.chmod(tmp, 0o666 & ~_UMASK)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=1, allow_nan=False)
-            f.write("\n")
-            f.flush()
+        write(tmp)
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -163,6 +170,18 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
             os.fsync(dfd)
         finally:
             os.close(dfd)
+    return path
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Writes ``obj`` as JSON with :func:`atomic_write`.
+
+    Args:
+      path: destination file.
+      obj: JSON-serialisable object (see :func:`jsonable`); NaN is refused.
+    """
+    text = json.dumps(obj, indent=1, allow_nan=False) + "\n"
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 class ResultsStore:
@@ -215,7 +234,10 @@ class ResultsStore:
         old = None if fresh else load(self.path)
         if old is None:
             self._meta = {
-                "format": FORMAT, "sweep": sweep, "config": self.config, "environment": env,
+                "format": FORMAT,
+                "sweep": sweep,
+                "config": self.config,
+                "environment": env,
                 "created": _now(),
             }
             return

@@ -17,8 +17,8 @@ Sweeps (``SWEEPS``):
   rank of the centred log-probability path, :func:`jaxfeat.affine_rank`).
 * ``examples``: the seed's examples: the HTML tag (one feature) and the temperatures (monotone: one;
   non-monotone: more).
-* ``temperature_fits``: the best 1-, 2- and 3-feature fits of the non-monotone temperature
-  example, with their parameters, for the figures.
+* ``seed_fits``: the best 1-, 2- and 3-feature fits of the seed's three curves (the HTML tag and
+  both temperatures), with their parameters, for the seed's figures.
 """
 
 from __future__ import annotations
@@ -39,7 +39,13 @@ from jaxfeat import targets as _targets
 
 from .store import ResultsStore, load, row_id
 
-SWEEPS = ("oscillations", "tolerance", "vocabulary", "encoders", "examples", "temperature_fits")
+SWEEPS = ("oscillations", "tolerance", "vocabulary", "encoders", "examples", "seed_fits")
+# The seed's three curves, as target specs (the examples and seed_fits sweeps).
+SEED_SPECS = (
+    (("family", "html_closing_tag"),),
+    (("family", "temperature"), ("n", 101), ("nonmonotone", False)),
+    (("family", "temperature"), ("n", 101), ("nonmonotone", True)),
+)
 THEORY_TOL_SLOPE = -0.25
 UNCONSTRAINED = "unconstrained"
 # Activations for which the segmentation bound is a certified bound (piecewise-linear logits).
@@ -80,8 +86,8 @@ class Settings:
       enc_targets: target specs of the encoder sweep.
       enc_tol: tolerance of the encoder sweep.
       example_tols: tolerances of the examples sweep.
-      fit_ks: feature counts of the temperature fits.
-      fit_restarts: restarts of the temperature fits.
+      fit_ks: feature counts of the seed fits.
+      fit_restarts: restarts of the seed fits.
       k_max_by_sweep: per-sweep ``k_max`` overrides.
     """
 
@@ -113,10 +119,15 @@ class Settings:
 
     def fit_config(self, sweep: str) -> dict[str, Any]:
         """The settings a sweep's numbers depend on (checked when a results file is resumed)."""
-        if sweep == "temperature_fits":
+        if sweep == "seed_fits":
             return {"restarts": self.fit_restarts, "max_steps": self.max_steps, "key": self.key}
-        return {"k_max": self.k_max_for(sweep), "restarts": self.restarts,
-                "max_steps": self.max_steps, "key": self.key, "metric": "mean_kl"}
+        return {
+            "k_max": self.k_max_for(sweep),
+            "restarts": self.restarts,
+            "max_steps": self.max_steps,
+            "key": self.key,
+            "metric": "mean_kl",
+        }
 
 
 def _spec(family: str, **kwargs: Any) -> tuple[tuple[str, Any], ...]:
@@ -127,31 +138,45 @@ def _spec(family: str, **kwargs: Any) -> tuple[tuple[str, Any], ...]:
 # and steps than the full run, five tolerances, a subset of vocabulary sizes on a 64-point grid
 # (the certified bound costs O(T^3 V^2)) and two targets for the encoders.
 QUICK = Settings(
-    mode="quick", n=128, k_max=40, restarts=4, max_steps=100, batch=1,
-    osc_m=(1, 2, 3, 4, 5, 6, 7, 8), tol_m=(1, 2, 4), tol_tols=_logspace(1e-2, 1e-4, 5),
-    vocab_sizes=(3, 8, 16, 32, 64), vocab_n=64,
+    mode="quick",
+    n=128,
+    k_max=40,
+    restarts=4,
+    max_steps=100,
+    batch=1,
+    vocab_sizes=(3, 8, 16, 32, 64),
+    vocab_n=64,
     enc_targets=(
         _spec("oscillating", m=2, n=128, vocab=3),
         _spec("temperature", nonmonotone=True, n=101),
     ),
-    example_tols=(1e-3,), fit_restarts=8,
+    fit_restarts=8,
     k_max_by_sweep=(("vocabulary", 24), ("encoders", 16), ("examples", 8)),
 )
 
-FULL = Settings(
-    mode="full", n=256, k_max=96, restarts=16, max_steps=200, batch=1,
-    osc_m=(1, 2, 3, 4, 5, 6, 7, 8), osc_tols=(1e-2, 1e-3, 1e-4), tol_m=(1, 2, 4),
-    tol_tols=_logspace(1e-2, 1e-4, 9), vocab_sizes=(3, 4, 6, 8, 12, 16, 24, 32, 48, 64),
+# Full: finer grids in m's tolerances, the tolerance and V, more encoder targets, the fits at
+# their default sizes.
+FULL = dataclasses.replace(
+    QUICK,
+    mode="full",
+    n=256,
+    k_max=96,
+    restarts=16,
+    max_steps=200,
+    osc_tols=(1e-2, 1e-3, 1e-4),
+    tol_tols=_logspace(1e-2, 1e-4, 9),
+    vocab_sizes=(3, 4, 6, 8, 12, 16, 24, 32, 48, 64),
     vocab_n=128,
-    enc_targets=(
-        _spec("oscillating", m=1, n=256, vocab=3),
-        _spec("oscillating", m=2, n=256, vocab=3),
-        _spec("oscillating", m=4, n=256, vocab=3),
-        _spec("temperature", nonmonotone=True, n=101),
-        _spec("tuning_curves", n_tokens=8, width=0.1, n=256),
-        _spec("random_smooth", key=0, bandwidth=3, vocab=8, n=256),
+    enc_targets=tuple(
+        [_spec("oscillating", m=m, n=256, vocab=3) for m in (1, 2, 4)]
+        + [
+            _spec("temperature", nonmonotone=True, n=101),
+            _spec("tuning_curves", n_tokens=8, width=0.1, n=256),
+            _spec("random_smooth", key=0, bandwidth=3, vocab=8, n=256),
+        ]
     ),
-    example_tols=(1e-2, 1e-3, 1e-4), fit_restarts=32,
+    example_tols=(1e-2, 1e-3, 1e-4),
+    fit_restarts=32,
     k_max_by_sweep=(("vocabulary", 48), ("encoders", 48), ("examples", 16)),
 )
 PRESETS = {"quick": QUICK, "full": FULL}
@@ -215,7 +240,7 @@ class _Job:
     target: tuple[tuple[str, Any], ...]
     tol: float
     activation: str = "relu"
-    k: int | None = None  # temperature_fits only
+    k: int | None = None  # seed_fits only
 
     @property
     def spec(self) -> dict[str, Any]:
@@ -242,21 +267,31 @@ def jobs(sweep: str, settings: Settings) -> list[_Job]:
     if sweep == "vocabulary":
         out = []
         for V in s.vocab_sizes:
-            out.append(_Job(sweep, _spec("tuning_curves", n_tokens=V, width=s.width,
-                                         n=s.vocab_n), s.vocab_tol))
-            out.append(_Job(sweep, _spec("random_smooth", key=0, bandwidth=s.bandwidth, vocab=V,
-                                         n=s.vocab_n), s.vocab_tol))
+            out.append(
+                _Job(
+                    sweep,
+                    _spec("tuning_curves", n_tokens=V, width=s.width, n=s.vocab_n),
+                    s.vocab_tol,
+                )
+            )
+            out.append(
+                _Job(
+                    sweep,
+                    _spec("random_smooth", key=0, bandwidth=s.bandwidth, vocab=V, n=s.vocab_n),
+                    s.vocab_tol,
+                )
+            )
         return out
     if sweep == "encoders":
-        return [_Job(sweep, spec, s.enc_tol, act) for spec in s.enc_targets
-                for act in ("relu", "jumprelu", "softplus", UNCONSTRAINED)]
+        return [
+            _Job(sweep, spec, s.enc_tol, act)
+            for spec in s.enc_targets
+            for act in ("relu", "jumprelu", "softplus", UNCONSTRAINED)
+        ]
     if sweep == "examples":
-        specs = [_spec("html_closing_tag"), _spec("temperature", nonmonotone=False, n=101),
-                 _spec("temperature", nonmonotone=True, n=101)]
-        return [_Job(sweep, spec, tol) for tol in s.example_tols for spec in specs]
-    if sweep == "temperature_fits":
-        spec = _spec("temperature", nonmonotone=True, n=101)
-        return [_Job(sweep, spec, math.nan, "relu", k) for k in s.fit_ks]
+        return [_Job(sweep, spec, tol) for tol in s.example_tols for spec in SEED_SPECS]
+    if sweep == "seed_fits":
+        return [_Job(sweep, spec, math.nan, "relu", k) for spec in SEED_SPECS for k in s.fit_ks]
     raise ValueError(f"unknown sweep {sweep!r}; use one of {', '.join(SWEEPS)}.")
 
 
@@ -271,19 +306,27 @@ def _to_list(x: Any) -> list[float | None] | None:
 
 
 def _params_dict(params: Any) -> dict[str, Any]:
-    return {name: np.asarray(getattr(params, name)).tolist()
-            for name in ("c", "l", "w", "b", "theta")}
+    return {
+        name: np.asarray(getattr(params, name)).tolist() for name in ("c", "l", "w", "b", "theta")
+    }
 
 
-def _count_rows(group: Sequence[_Job], built: Sequence[Target], s: Settings, counter: Any
-                ) -> list[dict[str, Any]]:
+def _count_rows(
+    group: Sequence[_Job], built: Sequence[Target], s: Settings, counter: Any
+) -> list[dict[str, Any]]:
     """Runs one ``required_features_batch`` call and turns its results into rows."""
     job0 = group[0]
     k_max = s.k_max_for(job0.sweep)
     start = time.perf_counter()
     results = counter.required_features_batch(
-        list(built), job0.tol, metric="mean_kl", k_max=k_max, activation=job0.activation,
-        restarts=s.restarts, max_steps=s.max_steps, key=s.key,
+        list(built),
+        job0.tol,
+        metric="mean_kl",
+        k_max=k_max,
+        activation=job0.activation,
+        restarts=s.restarts,
+        max_steps=s.max_steps,
+        key=s.key,
     )
     batch_seconds = time.perf_counter() - start
     rows = []
@@ -298,19 +341,26 @@ def _count_rows(group: Sequence[_Job], built: Sequence[Target], s: Settings, cou
         lb = None if res.lower_bound is None else int(res.lower_bound)
         fit = res.fit
         row = {
-            "id": job.id, "sweep": job.sweep, "target": job.spec, "label": target_label(job.spec),
-            "T": int(tgt.num_points), "V": int(tgt.vocab), "tol": job.tol, "metric": "mean_kl",
-            "activation": job.activation, "k_max": k_max, "k": k, "lower_bound": lb,
+            **_row_head(job, tgt),
+            "tol": job.tol,
+            "metric": "mean_kl",
+            "activation": job.activation,
+            "k_max": k_max,
+            "k": k,
+            "lower_bound": lb,
             "bound_certified": job.activation in BOUNDED,
             "gap": None if k is None or lb is None else k - lb,
             "predicted": predicted if predicted is None or np.isfinite(predicted) else None,
             "affine_rank": affine_rank(tgt, job.tol),
-            "losses": _to_list(res.losses), "bounds": _to_list(res.bounds),
+            "losses": _to_list(res.losses),
+            "bounds": _to_list(res.bounds),
             "fit_mean_kl": None if fit is None else float(fit.mean_kl),
             "fit_max_kl": None if fit is None else float(fit.max_kl),
             "fit_converged": None if fit is None else bool(fit.converged),
-            "seconds": batch_seconds / len(group), "batch_seconds": batch_seconds,
-            "batch_size": len(group), "predict_seconds": predict_seconds,
+            "seconds": batch_seconds / len(group),
+            "batch_seconds": batch_seconds,
+            "batch_size": len(group),
+            "predict_seconds": predict_seconds,
         }
         if job.sweep == "examples" and fit is not None:
             row["params"] = _params_dict(fit.params)
@@ -318,14 +368,33 @@ def _count_rows(group: Sequence[_Job], built: Sequence[Target], s: Settings, cou
     return rows
 
 
+def _row_head(job: _Job, tgt: Target) -> dict[str, Any]:
+    """The fields every row starts with: its id, sweep and target."""
+    return {
+        "id": job.id,
+        "sweep": job.sweep,
+        "target": job.spec,
+        "label": target_label(job.spec),
+        "T": int(tgt.num_points),
+        "V": int(tgt.vocab),
+    }
+
+
 def _rank_row(job: _Job, tgt: Target) -> dict[str, Any]:
     start = time.perf_counter()
     r = affine_rank(tgt, job.tol)
     return {
-        "id": job.id, "sweep": job.sweep, "target": job.spec, "label": target_label(job.spec),
-        "T": int(tgt.num_points), "V": int(tgt.vocab), "tol": job.tol, "metric": "mean_kl",
-        "activation": UNCONSTRAINED, "k": r, "lower_bound": None, "bound_certified": False,
-        "gap": None, "predicted": None, "affine_rank": r, "exact_rank": affine_rank(tgt),
+        **_row_head(job, tgt),
+        "tol": job.tol,
+        "metric": "mean_kl",
+        "activation": UNCONSTRAINED,
+        "k": r,
+        "lower_bound": None,
+        "bound_certified": False,
+        "gap": None,
+        "predicted": None,
+        "affine_rank": r,
+        "exact_rank": affine_rank(tgt),
         "seconds": time.perf_counter() - start,
     }
 
@@ -333,17 +402,29 @@ def _rank_row(job: _Job, tgt: Target) -> dict[str, Any]:
 def _fit_rows(group: Sequence[_Job], tgt: Target, s: Settings) -> list[dict[str, Any]]:
     ks = [job.k for job in group]
     start = time.perf_counter()
-    results = jaxfeat.fit_ks(tgt, ks, restarts=s.fit_restarts, max_steps=s.max_steps, key=s.key,
-                     activation=group[0].activation)
+    results = jaxfeat.fit_ks(
+        tgt,
+        ks,
+        restarts=s.fit_restarts,
+        max_steps=s.max_steps,
+        key=s.key,
+        activation=group[0].activation,
+    )
     seconds = time.perf_counter() - start
-    return [{
-        "id": job.id, "sweep": job.sweep, "target": job.spec, "label": target_label(job.spec),
-        "T": int(tgt.num_points), "V": int(tgt.vocab), "activation": res.activation, "k": job.k,
-        "tokens": list(tgt.tokens) if tgt.tokens else None,
-        "mean_kl": float(res.mean_kl), "max_kl": float(res.max_kl),
-        "converged": bool(res.converged), "params": _params_dict(res.params),
-        "seconds": seconds / len(group),
-    } for job, res in zip(group, results, strict=True)]
+    return [
+        {
+            **_row_head(job, tgt),
+            "activation": res.activation,
+            "k": job.k,
+            "tokens": list(tgt.tokens) if tgt.tokens else None,
+            "mean_kl": float(res.mean_kl),
+            "max_kl": float(res.max_kl),
+            "converged": bool(res.converged),
+            "params": _params_dict(res.params),
+            "seconds": seconds / len(group),
+        }
+        for job, res in zip(group, results, strict=True)
+    ]
 
 
 def _groups(todo: Sequence[_Job], built: Mapping[str, Target], batch: int) -> list[list[_Job]]:
@@ -354,8 +435,9 @@ def _groups(todo: Sequence[_Job], built: Mapping[str, Target], batch: int) -> li
 
     def key(job: _Job):
         tgt = built[job.id]
-        return (job.activation, job.tol if job.k is None else None, tgt.probs.shape,
-                np.asarray(tgt.t).tobytes())
+        if job.k is not None:  # fits of one target at several k share one fit_ks call
+            return (job.activation, job.target)
+        return (job.activation, job.tol, tgt.probs.shape, np.asarray(tgt.t).tobytes())
 
     by_key: dict[Any, list[_Job]] = {}
     for job in todo:
@@ -365,7 +447,7 @@ def _groups(todo: Sequence[_Job], built: Mapping[str, Target], batch: int) -> li
         if group[0].activation == UNCONSTRAINED:
             size = 1  # no fit: nothing to share, and each row is saved at once
         elif group[0].k is not None:
-            size = len(group)  # the temperature fits: one fit_ks call
+            size = len(group)  # one target's seed fits: one fit_ks call
         else:
             size = batch
         out += [group[i : i + size] for i in range(0, len(group), size)]
@@ -405,8 +487,9 @@ def run_sweep(
     """
     s = _settings(settings)
     todo_all = jobs(sweep, s)
-    store = ResultsStore(results_path(results_dir, sweep), sweep, config=s.fit_config(sweep),
-                         fresh=fresh)
+    store = ResultsStore(
+        results_path(results_dir, sweep), sweep, config=s.fit_config(sweep), fresh=fresh
+    )
     todo = [job for job in todo_all if not store.done(job.id)]
     if not todo:
         if not store.path.exists():
@@ -415,8 +498,13 @@ def run_sweep(
     if counter is None and any(j.k is None and j.activation != UNCONSTRAINED for j in todo):
         counter = _default_counter()
     built = {job.id: make_target(job.spec) for job in todo}
-    bar = tqdm(total=len(todo_all), initial=len(todo_all) - len(todo), desc=f"{sweep} ({s.mode})",
-               unit="row", disable=not progress)
+    bar = tqdm(
+        total=len(todo_all),
+        initial=len(todo_all) - len(todo),
+        desc=f"{sweep} ({s.mode})",
+        unit="row",
+        disable=not progress,
+    )
     for group in _groups(todo, built, s.batch):
         job0 = group[0]
         if job0.activation == UNCONSTRAINED:
@@ -470,8 +558,12 @@ def run_sweeps(
     for sweep in sweeps:
         if sweep not in SWEEPS:
             raise ValueError(f"unknown sweep {sweep!r}; use one of {', '.join(SWEEPS)}.")
-    return {sweep: run_sweep(sweep, results_dir, settings, counter=counter, fresh=fresh,
-                             progress=progress) for sweep in sweeps}
+    return {
+        sweep: run_sweep(
+            sweep, results_dir, settings, counter=counter, fresh=fresh, progress=progress
+        )
+        for sweep in sweeps
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -523,15 +615,18 @@ def gap_stats(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         hist[g] = hist.get(g, 0) + 1
     n = len(gaps)
     return {
-        "n": n, "censored": len(rel) - n,
+        "n": n,
+        "censored": len(rel) - n,
         "le1": sum(g <= 1 for g in gaps) / n if n else None,
         "zero": sum(g == 0 for g in gaps) / n if n else None,
-        "max": max(gaps) if gaps else None, "hist": dict(sorted(hist.items())),
+        "max": max(gaps) if gaps else None,
+        "hist": dict(sorted(hist.items())),
     }
 
 
-def loglog_slope(x: Sequence[float], y: Sequence[float], groups: Sequence[Any] | None = None
-                 ) -> dict[str, Any]:
+def loglog_slope(
+    x: Sequence[float], y: Sequence[float], groups: Sequence[Any] | None = None
+) -> dict[str, Any]:
     """Least-squares slope of log y against log x, with one intercept per group.
 
     Args:
@@ -548,8 +643,11 @@ def loglog_slope(x: Sequence[float], y: Sequence[float], groups: Sequence[Any] |
       -0.25
     """
     lx, ly = np.log(np.asarray(x, float)), np.log(np.asarray(y, float))
-    g = (np.zeros(len(lx), int) if groups is None
-         else np.unique(np.asarray(groups), return_inverse=True)[1])
+    g = (
+        np.zeros(len(lx), int)
+        if groups is None
+        else np.unique(np.asarray(groups), return_inverse=True)[1]
+    )
     dx, dy = lx.copy(), ly.copy()
     for gi in np.unique(g):
         sel = g == gi
@@ -578,8 +676,10 @@ def tolerance_stats(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         for m in sorted(set(ms)):
             sub = [r for r in ok if r["target"].get("m") == m]
             per[m] = loglog_slope([r["tol"] for r in sub], [r[field] for r in sub])
-        out[field] = {"pooled": loglog_slope([r["tol"] for r in ok], [r[field] for r in ok], ms),
-                      "per_m": per}
+        out[field] = {
+            "pooled": loglog_slope([r["tol"] for r in ok], [r[field] for r in ok], ms),
+            "per_m": per,
+        }
     return out
 
 
@@ -587,8 +687,10 @@ def k_per_m_stats(rows: Sequence[Mapping[str, Any]]) -> dict[float, dict[str, An
     """``k / m`` across oscillation counts m, per tolerance, with a line fit ``k = a m + b``."""
     out = {}
     for tol in sorted({r["tol"] for r in rows}):
-        sub = sorted((r for r in rows if r["tol"] == tol and r.get("k") is not None),
-                     key=lambda r: r["target"]["m"])
+        sub = sorted(
+            (r for r in rows if r["tol"] == tol and r.get("k") is not None),
+            key=lambda r: r["target"]["m"],
+        )
         if not sub:
             continue
         m = np.array([r["target"]["m"] for r in sub], float)
@@ -598,8 +700,10 @@ def k_per_m_stats(rows: Sequence[Mapping[str, Any]]) -> dict[float, dict[str, An
         pred = [r["predicted"] / r["target"]["m"] for r in sub if r.get("predicted") is not None]
         out[tol] = {
             "per_m": {int(mi): float(ri) for mi, ri in zip(m, ratio, strict=True)},
-            "mean": float(ratio.mean()), "std": float(ratio.std()),
-            "slope": float(fit[0]), "intercept": float(fit[1]),
+            "mean": float(ratio.mean()),
+            "std": float(ratio.std()),
+            "slope": float(fit[0]),
+            "intercept": float(fit[1]),
             "predicted_per_m": float(np.mean(pred)) if pred else None,
             "censored": sum(1 for r in rows if r["tol"] == tol and r.get("k") is None),
         }
@@ -620,16 +724,29 @@ def _table(rows: Sequence[Mapping[str, Any]], cols: Sequence[tuple[str, str, str
     for r in rows:
         cells.append([_fmt(r.get(key), spec) for _, key, spec in cols])
     widths = [max(len(c[i]) for c in cells) for i in range(len(cols))]
-    lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in
-                       enumerate(zip(line, widths, strict=True))) for line in cells]
+    lines = [
+        "  ".join(
+            c.rjust(w) if i else c.ljust(w)
+            for i, (c, w) in enumerate(zip(line, widths, strict=True))
+        )
+        for line in cells
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
 
-_COUNT_COLS = [("target", "label", ""), ("tol", "tol", "g"), ("act", "activation", ""),
-               ("LB", "lower_bound", ""), ("k", "k", ""), ("pred", "predicted", ".1f"),
-               ("gap", "gap", ""), ("rank", "affine_rank", ""), ("fit KL", "fit_mean_kl", ".2e"),
-               ("s", "seconds", ".1f")]
+_COUNT_COLS = [
+    ("target", "label", ""),
+    ("tol", "tol", "g"),
+    ("act", "activation", ""),
+    ("LB", "lower_bound", ""),
+    ("k", "k", ""),
+    ("pred", "predicted", ".1f"),
+    ("gap", "gap", ""),
+    ("rank", "affine_rank", ""),
+    ("fit KL", "fit_mean_kl", ".2e"),
+    ("s", "seconds", ".1f"),
+]
 
 
 def _slope_text(d: Mapping[str, Any]) -> str:
@@ -655,44 +772,65 @@ def summarize(results_dir: str | Path) -> Summary:
     rows = {sweep: read_rows(results_dir, sweep) for sweep in SWEEPS}
     stats: dict[str, Any] = {"rows": {k: len(v) for k, v in rows.items()}}
     parts = []
-    titles = {"oscillations": "Oscillations: oscillating(m)", "tolerance": "Tolerance sweep",
-              "vocabulary": "Vocabulary size", "encoders": "Encoders",
-              "examples": "The seed's examples"}
+    titles = {
+        "oscillations": "Oscillations: oscillating(m)",
+        "tolerance": "Tolerance sweep",
+        "vocabulary": "Vocabulary size",
+        "encoders": "Encoders",
+        "examples": "The seed's examples",
+    }
     for sweep, title in titles.items():
         if rows[sweep]:
             parts.append(f"== {title} ==\n" + _table(rows[sweep], _COUNT_COLS))
-    if rows["temperature_fits"]:
-        parts.append("== Temperature (non-monotone) fits ==\n" + _table(
-            rows["temperature_fits"], [("target", "label", ""), ("k", "k", ""),
-                                       ("mean KL", "mean_kl", ".2e"), ("max KL", "max_kl", ".2e"),
-                                       ("s", "seconds", ".1f")]))
+    if rows["seed_fits"]:
+        parts.append(
+            "== The seed's curves, fitted ==\n"
+            + _table(
+                rows["seed_fits"],
+                [
+                    ("target", "label", ""),
+                    ("k", "k", ""),
+                    ("mean KL", "mean_kl", ".2e"),
+                    ("max KL", "max_kl", ".2e"),
+                    ("s", "seconds", ".1f"),
+                ],
+            )
+        )
     count_rows = [r for s in SWEEPS[:5] for r in rows[s]]
     gap = gap_stats(count_rows)
     stats["gap"] = gap
     lines = ["== Key statistics =="]
     if gap["n"]:
-        lines.append(f"bracket gap k - LB (ReLU/JumpReLU, {gap['n']} rows, {gap['censored']} "
-                     f"above k_max): gap <= 1 in {gap['le1']:.0%}, gap = 0 in {gap['zero']:.0%}, "
-                     f"max {gap['max']}, histogram {gap['hist']}")
+        lines.append(
+            f"bracket gap k - LB (ReLU/JumpReLU, {gap['n']} rows, {gap['censored']} "
+            f"above k_max): gap <= 1 in {gap['le1']:.0%}, gap = 0 in {gap['zero']:.0%}, "
+            f"max {gap['max']}, histogram {gap['hist']}"
+        )
     if rows["tolerance"]:
         ts = tolerance_stats(rows["tolerance"])
         stats["tolerance_slope"] = ts
-        lines.append(f"slope of log k vs log tol (theory {THEORY_TOL_SLOPE}): achieved "
-                     f"{_slope_text(ts['k']['pooled'])}; lower bound "
-                     f"{_slope_text(ts['lower_bound']['pooled'])}; predicted "
-                     f"{_slope_text(ts['predicted']['pooled'])}")
+        lines.append(
+            f"slope of log k vs log tol (theory {THEORY_TOL_SLOPE}): achieved "
+            f"{_slope_text(ts['k']['pooled'])}; lower bound "
+            f"{_slope_text(ts['lower_bound']['pooled'])}; predicted "
+            f"{_slope_text(ts['predicted']['pooled'])}"
+        )
         for m, d in ts["k"]["per_m"].items():
-            lines.append(f"  m={m}: achieved {_slope_text(d)}; lower bound "
-                         f"{_slope_text(ts['lower_bound']['per_m'].get(m, {}))}")
+            lines.append(
+                f"  m={m}: achieved {_slope_text(d)}; lower bound "
+                f"{_slope_text(ts['lower_bound']['per_m'].get(m, {}))}"
+            )
     if rows["oscillations"]:
         km = k_per_m_stats(rows["oscillations"])
         stats["k_per_m"] = km
         for tol, d in km.items():
             per = ", ".join(f"{m}:{v:.2f}" for m, v in d["per_m"].items())
             pred = "" if d["predicted_per_m"] is None else f", predicted {d['predicted_per_m']:.2f}"
-            lines.append(f"k/m at tol {tol:g}: mean {d['mean']:.2f} +- {d['std']:.2f} ({per}); "
-                         f"fit k = {d['slope']:.2f} m + {d['intercept']:.2f}{pred}"
-                         + (f"; {d['censored']} above k_max" if d["censored"] else ""))
+            lines.append(
+                f"k/m at tol {tol:g}: mean {d['mean']:.2f} +- {d['std']:.2f} ({per}); "
+                f"fit k = {d['slope']:.2f} m + {d['intercept']:.2f}{pred}"
+                + (f"; {d['censored']} above k_max" if d["censored"] else "")
+            )
     if rows["encoders"]:
         enc: dict[str, dict[str, Any]] = {}
         for r in rows["encoders"]:
@@ -701,10 +839,82 @@ def summarize(results_dir: str | Path) -> Summary:
         for label, d in enc.items():
             lines.append(f"encoders, {label}: " + ", ".join(f"{a} {_fmt(k)}" for a, k in d.items()))
     if rows["examples"]:
-        ex = {f"{r['label']} tol={r['tol']:g}": {"k": r["k"], "lower_bound": r["lower_bound"]}
-              for r in rows["examples"]}
+        ex = {
+            f"{r['label']} tol={r['tol']:g}": {"k": r["k"], "lower_bound": r["lower_bound"]}
+            for r in rows["examples"]
+        }
         stats["examples"] = ex
-        lines.append("examples: " + "; ".join(
-            f"{name}: k={_fmt(d['k'])} (LB {_fmt(d['lower_bound'])})" for name, d in ex.items()))
+        lines.append(
+            "examples: "
+            + "; ".join(
+                f"{name}: k={_fmt(d['k'])} (LB {_fmt(d['lower_bound'])})" for name, d in ex.items()
+            )
+        )
     parts.append("\n".join(lines))
     return Summary("\n\n".join(parts), stats)
+
+
+def compare(
+    reference: Mapping[str, Sequence[Mapping[str, Any]]],
+    fresh: Mapping[str, Sequence[Mapping[str, Any]]],
+    *,
+    name: str = "reference",
+    rtol: float = 0.05,
+) -> str:
+    """How freshly computed rows compare with reference rows, sweep by sweep.
+
+    Rows are matched by id. Count rows agree when their ``k`` and ``lower_bound`` are equal; fit
+    rows (``seed_fits``) when their ``mean_kl`` agree within ``rtol`` or both are below 1e-6
+    nats (float32 rounding of exact fits).
+
+    Args:
+      reference: ``{sweep: rows}`` of the reference results.
+      fresh: ``{sweep: rows}`` of this run.
+      name: what to call the reference in the text.
+      rtol: relative tolerance on fitted losses.
+
+    Returns:
+      A printable report: per sweep, rows matched and agreeing, and each disagreement.
+
+    Example:
+      >>> ref = {"oscillations": [{"id": "a", "label": "osc(m=1)", "k": 5, "lower_bound": 4}]}
+      >>> print(compare(ref, {"oscillations": [{"id": "a", "label": "osc(m=1)", "k": 4,
+      ...                                       "lower_bound": 4}]}))
+      == Fresh results against the reference ==
+      oscillations: 1 rows, 0 agree, 0 new, 0 missing
+        osc(m=1): k 5 -> 4, lower bound 4 -> 4
+    """
+    lines = [f"== Fresh results against the {name} =="]
+    for sweep in fresh:
+        ref = {r["id"]: r for r in reference.get(sweep, [])}
+        new = {r["id"]: r for r in fresh[sweep]}
+        if not ref and not new:
+            continue
+        both = [i for i in new if i in ref]
+        diffs = []
+        for i in both:
+            a, b = ref[i], new[i]
+            if "mean_kl" in b and "lower_bound" not in b:
+                la, lb = a.get("mean_kl"), b.get("mean_kl")
+                same = (
+                    la is not None
+                    and lb is not None
+                    and (abs(la - lb) <= rtol * max(abs(la), abs(lb)) or max(la, lb) < 1e-6)
+                )
+                if not same:
+                    diffs.append(f"  {b.get('label', i)} k={b.get('k')}: mean KL {la} -> {lb}")
+            elif (a.get("k"), a.get("lower_bound")) != (b.get("k"), b.get("lower_bound")):
+                tol = f" tol={b['tol']:g}" if isinstance(b.get("tol"), float) else ""
+                act = f" {b['activation']}" if b.get("activation", "relu") != "relu" else ""
+                diffs.append(
+                    f"  {b.get('label', i)}{tol}{act}: k {a.get('k')} -> {b.get('k')}, "
+                    f"lower bound {a.get('lower_bound')} -> {b.get('lower_bound')}"
+                )
+        n_new = sum(i not in ref for i in new)
+        n_missing = sum(i not in new for i in ref)
+        lines.append(
+            f"{sweep}: {len(both)} rows, {len(both) - len(diffs)} agree, {n_new} new, "
+            f"{n_missing} missing"
+        )
+        lines += diffs
+    return "\n".join(lines)

@@ -48,7 +48,9 @@ def theory_n(target, tol: float) -> float:
     z = np.log(np.maximum(p, 1e-300))
     d2 = np.gradient(np.gradient(z, u, axis=0), u, axis=0)
     g = np.sum(p * d2**2, axis=1) - np.sum(p * d2, axis=1) ** 2
-    return float(np.trapezoid(np.maximum(g, 0) ** 0.2, u) ** 1.25 * (1440 * tol) ** -0.25)
+    dens = np.maximum(g, 0) ** 0.2
+    integral = np.sum((dens[1:] + dens[:-1]) / 2 * np.diff(u))
+    return float(integral**1.25 * (1440 * tol) ** -0.25)
 
 
 class FakeCounter:
@@ -61,8 +63,9 @@ class FakeCounter:
     def predicted_features(self, target, tol):
         return theory_n(target, tol)
 
-    def required_features_batch(self, targets, tol, *, metric, k_max, activation, restarts,
-                                max_steps, key):
+    def required_features_batch(
+        self, targets, tol, *, metric, k_max, activation, restarts, max_steps, key
+    ):
         self.calls += 1
         time.sleep(self.delay)
         out = []
@@ -78,19 +81,40 @@ class FakeCounter:
             bounds = np.minimum(losses, tol * (lb / ks) ** 4 * 0.9)
             V, kk = int(tgt.vocab), min(k, k_max)
             params = Features.create(np.zeros(V), np.zeros((kk, V)), np.ones(kk), np.zeros(kk))
-            fit = SimpleNamespace(mean_kl=losses[kk - 1], max_kl=3 * tol, converged=True,
-                                  params=params)
-            out.append(SimpleNamespace(
-                k=k if k <= k_max else None, lower_bound=min(lb, k_max), losses=losses,
-                bounds=bounds, fit=fit if k <= k_max else None, tol=tol, metric=metric,
-                activation=activation))
+            fit = SimpleNamespace(
+                mean_kl=losses[kk - 1], max_kl=3 * tol, converged=True, params=params
+            )
+            out.append(
+                SimpleNamespace(
+                    k=k if k <= k_max else None,
+                    lower_bound=min(lb, k_max),
+                    losses=losses,
+                    bounds=bounds,
+                    fit=fit if k <= k_max else None,
+                    tol=tol,
+                    metric=metric,
+                    activation=activation,
+                )
+            )
         return out
 
 
 TINY = dataclasses.replace(
-    ex.QUICK, mode="tiny", n=24, k_max=12, restarts=1, max_steps=5, batch=2, osc_m=(1, 2, 3),
-    tol_m=(1, 2), tol_tols=(1e-2, 1e-3), vocab_sizes=(3, 4), vocab_n=24,
-    enc_targets=(ex._spec("oscillating", m=1, n=24, vocab=3),), fit_ks=(1, 2), fit_restarts=1,
+    ex.QUICK,
+    mode="tiny",
+    n=24,
+    k_max=12,
+    restarts=1,
+    max_steps=5,
+    batch=2,
+    osc_m=(1, 2, 3),
+    tol_m=(1, 2),
+    tol_tols=(1e-2, 1e-3),
+    vocab_sizes=(3, 4),
+    vocab_n=24,
+    enc_targets=(ex._spec("oscillating", m=1, n=24, vocab=3),),
+    fit_ks=(1, 2),
+    fit_restarts=1,
     k_max_by_sweep=(),
 )
 
@@ -111,10 +135,13 @@ def test_row_id_stable_and_order_free():
 
 def test_job_ids_are_the_same_in_a_new_process():
     ids = [job.id for job in ex.jobs("tolerance", ex.FULL)]
-    code = ("from jaxfeat.experiments import sweeps as ex; "
-            "print([j.id for j in ex.jobs('tolerance', ex.FULL)])")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=ROOT)
+    code = (
+        "from jaxfeat.experiments import sweeps as ex; "
+        "print([j.id for j in ex.jobs('tolerance', ex.FULL)])"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    )
     assert out.stdout.strip() == repr(ids)
     assert len(set(ids)) == len(ids)
 
@@ -230,7 +257,6 @@ def test_kill_mid_sweep_and_resume(tmp_path):
         while time.monotonic() < deadline and proc.poll() is None:
             done = len(json.loads(path.read_text())["rows"]) if path.exists() else 0
             if done >= start + 5:
-
                 break
             time.sleep(0.005)
         if proc.poll() is None and attempt < 3:
@@ -281,10 +307,16 @@ def test_affine_rank():
 def fake_fit_ks(target, ks, *, restarts, max_steps, key, activation):
     """Stands in for jaxfeat.fit_ks (whose compilation alone takes longer than these tests)."""
     V = int(target.vocab)
-    return [SimpleNamespace(
-        mean_kl=0.1 / k, max_kl=0.3 / k, converged=True, activation=activation,
-        params=Features.create(np.zeros(V), np.ones((k, V)), np.ones(k), np.zeros(k)))
-        for k in ks]
+    return [
+        SimpleNamespace(
+            mean_kl=0.1 / k,
+            max_kl=0.3 / k,
+            converged=True,
+            activation=activation,
+            params=Features.create(np.zeros(V), np.ones((k, V)), np.ones(k), np.zeros(k)),
+        )
+        for k in ks
+    ]
 
 
 def test_tiny_sweeps_end_to_end_and_resume(tmp_path, capsys, monkeypatch):
@@ -298,16 +330,27 @@ def test_tiny_sweeps_end_to_end_and_resume(tmp_path, capsys, monkeypatch):
         assert len(rows) == len(ex.jobs(sweep, TINY)), sweep
     osc = ex.read_rows(tmp_path, "oscillations")
     assert [r["target"]["m"] for r in osc] == [1, 2, 3]
-    for key in ("tol", "k", "lower_bound", "predicted", "losses", "bounds", "seconds", "gap",
-                "affine_rank"):
+    for key in (
+        "tol",
+        "k",
+        "lower_bound",
+        "predicted",
+        "losses",
+        "bounds",
+        "seconds",
+        "gap",
+        "affine_rank",
+    ):
         assert key in osc[0]
     assert len(osc[0]["losses"]) == TINY.k_max
     enc = ex.read_rows(tmp_path, "encoders")
     assert {r["activation"] for r in enc} == {"relu", "jumprelu", "softplus", "unconstrained"}
     unc = next(r for r in enc if r["activation"] == "unconstrained")
     assert 1 <= unc["k"] <= unc["V"] - 1
-    fits = ex.read_rows(tmp_path, "temperature_fits")
-    assert [r["k"] for r in fits] == [1, 2] and fits[1]["mean_kl"] < fits[0]["mean_kl"]
+    fits = ex.read_rows(tmp_path, "seed_fits")
+    assert [r["k"] for r in fits] == [1, 2] * len(ex.SEED_SPECS)
+    assert [r["target"] for r in fits[::2]] == [dict(spec) for spec in ex.SEED_SPECS]
+    assert all(b["mean_kl"] < a["mean_kl"] for a, b in zip(fits[::2], fits[1::2], strict=True))
     assert "oscillations (tiny)" in capsys.readouterr().err
     calls = fake.calls
     ex.run_sweeps(tmp_path, TINY, counter=fake, progress=False)
@@ -353,13 +396,24 @@ def test_runner_killed_mid_sweep_resumes(tmp_path):
 
 
 def _osc_row(m, tol, k, lb, pred=None):
-    return {"target": {"family": "oscillating", "m": m}, "tol": tol, "k": k, "lower_bound": lb,
-            "predicted": pred, "bound_certified": True}
+    return {
+        "target": {"family": "oscillating", "m": m},
+        "tol": tol,
+        "k": k,
+        "lower_bound": lb,
+        "predicted": pred,
+        "bound_certified": True,
+    }
 
 
 def test_gap_stats():
-    rows = [_osc_row(1, 1e-3, 3, 3), _osc_row(2, 1e-3, 6, 5), _osc_row(3, 1e-3, 9, 6),
-            _osc_row(4, 1e-3, None, 20), {"k": 2, "lower_bound": None, "bound_certified": False}]
+    rows = [
+        _osc_row(1, 1e-3, 3, 3),
+        _osc_row(2, 1e-3, 6, 5),
+        _osc_row(3, 1e-3, 9, 6),
+        _osc_row(4, 1e-3, None, 20),
+        {"k": 2, "lower_bound": None, "bound_certified": False},
+    ]
     g = ex.gap_stats(rows)
     assert g["n"] == 3 and g["censored"] == 1
     assert g["le1"] == pytest.approx(2 / 3) and g["zero"] == pytest.approx(1 / 3)
@@ -369,8 +423,11 @@ def test_gap_stats():
 
 def test_tolerance_slope_recovers_power_law():
     tols = [1e-2, 3e-3, 1e-3, 3e-4, 1e-4]
-    rows = [_osc_row(m, tol, 2.0 * m * tol**-0.25, 1.5 * m * tol**-0.25, 2.0 * m * tol**-0.25)
-            for m in (1, 2, 4) for tol in tols]
+    rows = [
+        _osc_row(m, tol, 2.0 * m * tol**-0.25, 1.5 * m * tol**-0.25, 2.0 * m * tol**-0.25)
+        for m in (1, 2, 4)
+        for tol in tols
+    ]
     st = ex.tolerance_stats(rows)
     assert st["k"]["pooled"]["slope"] == pytest.approx(-0.25)
     assert st["k"]["pooled"]["n"] == 15

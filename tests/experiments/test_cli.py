@@ -1,0 +1,74 @@
+"""`jaxfeat reproduce` recomputes what it reports, resumes only its own interrupted run, and
+compares the fresh numbers with the reference (jaxfeat/experiments/cli.py)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+from jaxfeat.experiments import cli
+from jaxfeat.experiments import sweeps as ex
+
+from .test_sweeps import TINY, FakeCounter, fake_fit_ks
+
+
+def _run(tmp_path, counter, **kw):
+    return cli.reproduce(
+        out=tmp_path / "run",
+        figures_dir=tmp_path / "figs",
+        reference=tmp_path / "ref",
+        settings=TINY,
+        counter=counter,
+        progress=False,
+        **kw,
+    )
+
+
+def test_reproduce_recomputes_and_compares(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("jaxfeat.fit_ks", fake_fit_ks)
+    first = FakeCounter()
+    assert _run(tmp_path, first) == 0
+    assert first.calls > 0
+    assert cli.load_marker(tmp_path / "run")["status"] == "done"
+    n_osc = len(ex.jobs("oscillations", TINY))
+    assert len(ex.read_rows(tmp_path / "run", "oscillations")) == n_osc
+    assert (tmp_path / "figs" / "fig1_html_closing_tag.png").exists()
+    out = capsys.readouterr().out
+    assert "a new run" in out and f"oscillations: 0 rows, 0 agree, {n_osc} new" in out
+
+    # The finished run becomes the reference; a second run computes everything again.
+    shutil.copytree(tmp_path / "run", tmp_path / "ref")
+    second = FakeCounter()
+    assert _run(tmp_path, second) == 0
+    assert second.calls == first.calls
+    out = capsys.readouterr().out
+    assert f"oscillations: {n_osc} rows, {n_osc} agree, 0 new, 0 missing" in out
+
+
+def test_reproduce_resumes_only_an_interrupted_run(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("jaxfeat.fit_ks", fake_fit_ks)
+    full = FakeCounter()
+    _run(tmp_path, full)
+    # Simulate an interruption: the marker still says "running" and one sweep lost its file.
+    marker = tmp_path / "run" / "run.json"
+    marker.write_text(json.dumps({**json.loads(marker.read_text()), "status": "running"}))
+    ex.results_path(tmp_path / "run", "oscillations").unlink()
+    resumed = FakeCounter()
+    _run(tmp_path, resumed)
+    assert "resuming" in capsys.readouterr().out
+    assert 0 < resumed.calls < full.calls  # only the missing sweep was recomputed
+    again = FakeCounter()
+    _run(tmp_path, again, fresh=True)
+    assert again.calls == full.calls
+
+
+def test_reproduce_reuse_is_explicit_and_computes_nothing(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("jaxfeat.fit_ks", fake_fit_ks)
+    assert cli.main(["reproduce", "--reuse", "--reference", str(tmp_path / "ref")]) == 1
+    ex.run_sweeps(tmp_path / "ref", TINY, counter=FakeCounter(), progress=False)
+    capsys.readouterr()
+    counter = FakeCounter()
+    assert _run(tmp_path, counter, reuse=True) == 0
+    assert counter.calls == 0
+    assert "NOTHING IS RECOMPUTED" in capsys.readouterr().out
+    assert (tmp_path / "figs" / "feature_count_oscillations.png").exists()
