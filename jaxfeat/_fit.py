@@ -89,11 +89,18 @@ class FitResult:
           >>> res.take(0).params.l.shape, res.take(1).params.l.shape
           ((1, 3), (2, 3))
         """
-        one = jax.tree.map(lambda x: x[i], self)
+        one = _index(self, i)
         k = int(one.k) if k is None else k
         return dataclasses.replace(one, params=_trim(one.params, k))
 
 
+@jax.jit
+def _index(res: FitResult, i) -> FitResult:
+    # One compiled program, not one small program per leaf, for the first call at a shape.
+    return jax.tree.map(lambda x: x[i], res)
+
+
+@functools.partial(jax.jit, static_argnames="activation")
 def _select(members: Member, t, p, activation) -> FitResult:
     """Picks each target's best restart and evaluates it with the public model."""
     losses = jnp.where(jnp.isfinite(members.loss), members.loss, jnp.inf)
@@ -229,17 +236,17 @@ def _fit_checked(
     B = p.shape[0]
     ks, k_max = _feature_counts(k, k_max, B)
     keys = _keys(key, B)
-    knots = jnp.full((B, k_max), jnp.nan, p.dtype)
+    knots = np.full((B, k_max), np.nan, p.dtype)
     if init_knots is not None:
         if np.shape(init_knots) != (B, k_max):
             raise ValueError(
                 f"init_knots must be (B, k_max) = {(B, k_max)}, got {np.shape(init_knots)}."
             )
-        knots = (jnp.asarray(init_knots, p.dtype) - t[0]) / (t[-1] - t[0])
+        knots = jnp.asarray(init_knots, p.dtype)
     n_params = (k_max + 1) * p.shape[-1] + enc_count(activation) * k_max
     use_lm = optimizer is None and n_params <= solver.lm_max_params
     if optimizer is None and not use_lm:
-        optimizer = optax.lbfgs()
+        optimizer = _lbfgs()
     if _validate.is_traced(p, ks, keys, knots):
         devices = ()
     else:
@@ -258,9 +265,8 @@ def _fit_checked(
         platform,
         solver,
     )
-    u = (t - t[0]) / (t[-1] - t[0])
     members = fit_kernel(
-        u,
+        t,
         *args,
         k_max=k_max,
         restarts=restarts,
@@ -272,8 +278,16 @@ def _fit_checked(
         solver=solver,
         devices=devices,
     )
-    members = jax.tree.map(lambda x: x[:B], members)
+    if args[0].shape[0] != B:
+        members = jax.tree.map(lambda x: x[:B], members)
     return _select(members, t, p, activation)
+
+
+@functools.cache
+def _lbfgs() -> optax.GradientTransformation:
+    # One instance: the optimiser is a static argument of the kernel, and a new instance per call
+    # would compile the kernel again on every call.
+    return optax.lbfgs()
 
 
 def _feature_counts(k: int | ArrayLike, k_max: int | None, B: int) -> tuple[jax.Array, int]:

@@ -347,7 +347,7 @@ def lanes_for(
     ),
 )
 def fit_kernel(
-    u,
+    t,
     p,
     k_used,
     keys,
@@ -366,11 +366,11 @@ def fit_kernel(
     """Fits every (target, restart) member; returns the (B, restarts) final members.
 
     Args:
-      u: (T,) latent rescaled to [0, 1].
+      t: (T,) grid.
       p: (B, T, V) targets.
       k_used: (B,) features in use per target (of ``k_max`` slots).
       keys: (B,) PRNG keys.
-      init_knots: (B, k_max) knots for restart 0 in units of u, NaN where free.
+      init_knots: (B, k_max) knots for restart 0 in units of t, NaN where free.
       k_max, restarts, activation, max_steps: as in :func:`jaxfeat.fit_batch`.
       optimizer: an ``optax.GradientTransformation`` (used when ``use_lm`` is False).
       use_lm: damped Gauss-Newton through the work queue of ``lanes`` vmapped slots.
@@ -388,6 +388,8 @@ def fit_kernel(
         atol=solver.atol32 if f32 else solver.atol64,
         lapack=len(devices) <= 1 or jax.default_backend() != "cpu",
     )
+    u = (t - t[0]) / (t[-1] - t[0])
+    init_knots = (init_knots - t[0]) / (t[-1] - t[0])
     g = Grid(u, jnp.asarray(1.0 / (u.shape[0] - 1), dtype), activation)
     R = restarts
 

@@ -34,7 +34,9 @@ def pytest_collection_modifyitems(config, items):
     # x64 tests are deselected by default (pyproject.toml); selected without x64 on, they would
     # silently test float32, so they are skipped with the command that runs them.
     if not jax.config.jax_enable_x64:
-        skip = pytest.mark.skip(reason="float64 test: run JAX_ENABLE_X64=1 python -m pytest -m x64")
+        skip = pytest.mark.skip(
+            reason="float64 test: run JAX_ENABLE_X64=1 python -m pytest -m x64 -n 0"
+        )
         for item in items:
             if "x64" in item.keywords:
                 item.add_marker(skip)

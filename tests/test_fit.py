@@ -188,31 +188,28 @@ def test_fit_result_is_a_pytree():
 
 
 def test_batch_is_sharded_over_several_cpu_devices():
-    # Different targets per device, so the devices' loops run for different numbers of steps.
+    # Different targets per device, so the devices' loops run for different numbers of steps;
+    # 3 targets are padded to 4 over 2 devices, then trimmed. One device (devices=) must agree.
     code = textwrap.dedent(
         f"""
         import jax, numpy as np, jaxfeat
         from jaxfeat import targets
-        assert len(jax.devices()) == 4
+        assert len(jax.devices()) == 2
         tgt = targets.oscillating(1, n={N})
         probs = np.stack([tgt.probs] + [targets.random_smooth(s, 2, 3, n={N}).probs
-                                        for s in range(4)])
-        res = jaxfeat.fit_batch(tgt.t, probs, 2, restarts=4, k_max=4)
-        two = jaxfeat.fit_batch(tgt.t, probs, 2, restarts=4, k_max=4, devices=jax.devices()[:2])
-        np.testing.assert_allclose(two.mean_kl, res.mean_kl, rtol=1e-3, atol=1e-7)
-        print(np.asarray(res.mean_kl).tolist())
+                                        for s in range(2)])
+        both = jaxfeat.fit_batch(tgt.t, probs, 2, restarts=4)
+        one = jaxfeat.fit_batch(tgt.t, probs, 2, restarts=4, devices=jax.devices()[:1])
+        assert both.mean_kl.shape == (3,)
+        np.testing.assert_allclose(both.mean_kl, one.mean_kl, rtol=1e-3, atol=1e-7)
+        print("ok")
         """
     )
     env = dict(
-        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu"
+        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
     )
     assert out.returncode == 0, out.stderr[-2000:]
-    sharded = np.array(eval(out.stdout.strip().splitlines()[-1]))
-    tgt = targets.oscillating(1, n=N)
-    probs = np.stack([tgt.probs] + [targets.random_smooth(s, 2, 3, n=N).probs for s in range(4)])
-    single = jaxfeat.fit_batch(tgt.t, probs, 2, **SMALL)
-    assert sharded.shape == (5,)  # 5 targets padded to 8 over 4 devices, then trimmed
-    np.testing.assert_allclose(sharded, single.mean_kl, rtol=1e-3, atol=1e-7)
+    assert out.stdout.strip().splitlines()[-1] == "ok"

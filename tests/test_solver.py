@@ -19,7 +19,6 @@ def test_work_queue_result_does_not_depend_on_the_lane_count():
     # are or which lane runs it. One lane runs every member alone, in order.
     tgt = targets.oscillating(1, n=N)
     probs = jnp.stack([tgt.probs] + [targets.random_smooth(s, 2, 3, n=N).probs for s in (1, 2)])
-    u = (tgt.t - tgt.t[0]) / (tgt.t[-1] - tgt.t[0])
     keys = jax.random.split(jax.random.key(0), 3)
     ks = jnp.array([2, 3, 4])
     knots = jnp.full((3, SMALL["k_max"]), jnp.nan)
@@ -32,11 +31,11 @@ def test_work_queue_result_does_not_depend_on_the_lane_count():
         solver=jaxfeat.SolverSettings(),
         **SMALL,
     )
-    runs = {n: kernel(u, probs, ks, keys, knots, lanes=n, **kw) for n in (1, 5, 12)}
+    runs = {n: kernel(tgt.t, probs, ks, keys, knots, lanes=n, **kw) for n in (1, 6)}
     one = runs[1]
     assert np.all(np.asarray(one.phase) == 4)  # every member ran to the end
     assert len(set(np.asarray(one.steps).ravel())) > 1  # members finish at different times
-    for n in (5, 12):
+    for n in (6,):
         np.testing.assert_allclose(runs[n].loss, one.loss, rtol=1e-3)
         assert np.mean(np.asarray(runs[n].steps) == np.asarray(one.steps)) >= 0.9
         np.testing.assert_array_equal(runs[n].mask, one.mask)
@@ -44,9 +43,9 @@ def test_work_queue_result_does_not_depend_on_the_lane_count():
 
 def test_portable_cholesky_matches_lapack():
     # Sharded CPU runs solve the Gauss-Newton systems without LAPACK; the two must agree.
-    A = jax.random.normal(jax.random.key(0), (6, 35, 35))
-    H = A @ jnp.swapaxes(A, 1, 2) + 0.1 * jnp.eye(35)
-    g = jax.random.normal(jax.random.key(1), (6, 35, 3))
+    A = jax.random.normal(jax.random.key(0), (6, 15, 15))  # (k + 1) V + k for k = 3, V = 3
+    H = A @ jnp.swapaxes(A, 1, 2) + 0.1 * jnp.eye(15)
+    g = jax.random.normal(jax.random.key(1), (6, 15, 3))
     x = jax.vmap(jaxfeat._hinge.spd_solve)(H, g)
     np.testing.assert_allclose(H @ x, g, rtol=1e-3, atol=1e-3)
     lapack = jax.scipy.linalg.cho_solve(jax.scipy.linalg.cho_factor(H, lower=True), g)

@@ -31,7 +31,7 @@ SMALL_VOCABS = st.sampled_from([2, 3, 7, 64])
 A_GRID = jnp.arange(65, dtype=jnp.float32) / 8  # dyadic steps: exactly uniform in float32
 PEAK = jax.jit(th.token_peak_activation)
 BINARY = jax.jit(th.binary_feature)  # values are validated eagerly in test_theory.py
-# float64 variants: run in a process of their own, `JAX_ENABLE_X64=1 python -m pytest -m x64`.
+# float64 variants: run in a process of their own, `JAX_ENABLE_X64=1 python -m pytest -m x64 -n 0`.
 x64 = pytest.mark.x64
 
 

@@ -3,13 +3,18 @@ compares the fresh numbers with the reference (jaxfeat/experiments/cli.py)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
 from jaxfeat.experiments import cli
 from jaxfeat.experiments import sweeps as ex
 
-from .test_sweeps import TINY, FakeCounter, fake_fit_ks
+from .test_sweeps import TINY as _TINY
+from .test_sweeps import FakeCounter, fake_fit_ks
+
+# One row or two per sweep: these tests are about the run's bookkeeping, not the sweeps.
+TINY = dataclasses.replace(_TINY, osc_m=(1, 2), tol_m=(1,), tol_tols=(1e-2,), vocab_sizes=(3,))
 
 
 def _run(tmp_path, counter, **kw):
@@ -47,6 +52,7 @@ def test_reproduce_recomputes_and_compares(tmp_path, capsys, monkeypatch):
 
 def test_reproduce_resumes_only_an_interrupted_run(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr("jaxfeat.fit_ks", fake_fit_ks)
+    monkeypatch.setattr(cli.plots, "plot_all", lambda *a: [])  # figures: the test above
     full = FakeCounter()
     _run(tmp_path, full)
     # Simulate an interruption: the marker still says "running" and one sweep lost its file.
