@@ -399,7 +399,9 @@ def _of_target(rows: Rows, spec: tuple[tuple[str, Any], ...]) -> list[Mapping[st
 
 def _fit_label(row: Mapping[str, Any], digits: int) -> str:
     k = int(row["k"])
-    return f"{k} fitted feature{'s' if k > 1 else ''} (mean KL {row['mean_kl']:.{digits}e} nats)"
+    # Below 1e-7 nats a float32 fit is exact up to rounding; "0e+00" would claim more.
+    kl = "< 1e-7" if row["mean_kl"] < 1e-7 else f"{row['mean_kl']:.{digits}e}"
+    return f"{k} fitted feature{'s' if k > 1 else ''} (mean KL {kl} nats)"
 
 
 def html_figure(rows: Rows) -> Figure:
