@@ -459,6 +459,16 @@ def _scipy_value_and_grad(k: int, V: int):
     return jax.jit(jax.value_and_grad(loss))
 
 
+def _x64():
+    """A float64 context: ``jax.enable_x64`` on JAX >= 0.8, ``jax.experimental`` before."""
+    ctx = getattr(jax, "enable_x64", None)
+    if ctx is not None:
+        return ctx(True)
+    from jax.experimental import enable_x64
+
+    return enable_x64()
+
+
 def run_scipy(t, probs, init: Features, k: int, iter_grid, max_steps: int = MAX_STEPS) -> dict:
     """SciPy L-BFGS-B, one restart after another, with jaxfeat's stall rule and step cap.
 
@@ -467,7 +477,7 @@ def run_scipy(t, probs, init: Features, k: int, iter_grid, max_steps: int = MAX_
     """
     V = probs.shape[-1]
     R = init.c.shape[1]
-    with jax.enable_x64(True):
+    with _x64():
         t64 = jnp.asarray(t, jnp.float64)
         vg_t = _scipy_value_and_grad(k, V)
         vg = lambda x, p: vg_t(x, t64, p)

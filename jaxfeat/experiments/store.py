@@ -104,7 +104,7 @@ def environment() -> dict[str, Any]:
     import jax
     import numpy as np
 
-    from jaxfeat import __version__
+    import jaxfeat
 
     try:
         import jaxlib
@@ -117,7 +117,7 @@ def environment() -> dict[str, Any]:
         "jax": jax.__version__,
         "jaxlib": jaxlib_version,
         "numpy": np.__version__,
-        "jaxfeat": __version__,
+        "jaxfeat": jaxfeat.__version__,
         "python": platform.python_version(),
         "backend": jax.default_backend(),
         "device": devices[0].device_kind,
