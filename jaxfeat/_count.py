@@ -17,6 +17,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import _validate
+from ._arrays import pow2
 from ._fit import FitResult, fit_batch
 from ._hinge import SolverSettings
 from ._target import Target
@@ -191,9 +192,9 @@ def required_features_batch(
             for k in range(next_k[i], min(next_k[i] + _KS_PER_ROUND, k_max + 1))
         ]
         # Fixed shapes: pad the batch to a power of two of rounds and the slots to a power of two.
-        size = _KS_PER_ROUND * _pow2(-(-len(rows) // _KS_PER_ROUND))
+        size = _KS_PER_ROUND * pow2(-(-len(rows) // _KS_PER_ROUND))
         rows_padded = rows + [rows[0]] * (size - len(rows))
-        slots = max(_MIN_SLOTS, _pow2(max(k for _, k in rows)))
+        slots = max(_MIN_SLOTS, pow2(max(k for _, k in rows)))
         idx = np.array([i for i, _ in rows_padded])
         ks = np.array([k for _, k in rows_padded])
         init = np.full((size, slots), np.nan)
@@ -240,10 +241,6 @@ def required_features_batch(
         )
         for i in range(n)
     ]
-
-
-def _pow2(n: int) -> int:
-    return 1 << max(int(n) - 1, 0).bit_length()
 
 
 def predicted_features(target: Target, tol: float) -> float:

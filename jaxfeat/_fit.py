@@ -21,9 +21,10 @@ import optax
 from jax.typing import ArrayLike
 
 from . import _validate
+from ._arrays import bcast
 from ._hinge import Member, SolverSettings, enc_count, to_features
 from ._model import Features, kl, log_probs
-from ._solver import bcast, fit_kernel, lanes_for
+from ._solver import fit_kernel, lanes_for
 from ._target import Target
 
 

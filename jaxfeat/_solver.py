@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from ._arrays import bcast
 from ._hinge import (
     Grid,
     Member,
@@ -232,10 +233,6 @@ def run_queue(members: Member, step_fn, p, lanes: int, restarts: int, cfg: Confi
 def where(flag, a, b):
     """Per-member select between two batched pytrees."""
     return jax.tree.map(lambda x, y: jnp.where(bcast(flag, x), x, y), a, b)
-
-
-def bcast(flag, x):
-    return flag.reshape(flag.shape + (1,) * (x.ndim - flag.ndim))
 
 
 # ---------------------------------------------------------------------------------------------

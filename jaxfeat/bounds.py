@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _logratio, _validate
+from ._arrays import bcast, pow2, x64
 from ._target import Target
 from .theory import max_turning_points
 
@@ -52,15 +53,6 @@ _CHUNK_SIZE = 1 << 18
 
 # ---------------------------------------------------------------------------------------------
 # Block costs: softmax regression with soft labels on [1, t], certified from below
-
-
-def _x64():
-    ctx = getattr(jax, "enable_x64", None)
-    if ctx is not None:
-        return ctx(True)
-    from jax.experimental import enable_x64  # older JAX
-
-    return enable_x64()
 
 
 @functools.partial(jax.jit, static_argnames=("max_iter",))
@@ -162,7 +154,7 @@ def _block_kernel(x, p, mask, theta_init, warm, max_iter: int):
     def body(state):
         theta, q, f, step, done, it = state
         q_new, f_new, step_new, dec = newton(theta)
-        keep = lambda old, new: jnp.where(_bcast(done, old), old, new)
+        keep = lambda old, new: jnp.where(bcast(done, old), old, new)
         q, f, step = keep(q, q_new), keep(f, f_new), keep(step, step_new)
         conv = ~jnp.isfinite(dec) | (dec <= _NEWTON_TOL * npts)
         # Damped Newton: the third derivative of log-sum-exp along a logit change h is at most
@@ -208,14 +200,6 @@ def _block_kernel(x, p, mask, theta_init, warm, max_iter: int):
     return f, dual, theta, iters
 
 
-def _bcast(flag, x):
-    return flag.reshape(flag.shape + (1,) * (x.ndim - flag.ndim))
-
-
-def _pow2(n: int) -> int:
-    return 1 << max(int(n) - 1, 0).bit_length()
-
-
 def _block_costs(t: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Certified lower bounds and solver values for every block of contiguous grid points.
 
@@ -247,18 +231,18 @@ def _block_costs(t: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     starts = np.concatenate([np.arange(T - L + 1) for L in range(3, T + 1)])
     # Blocks are padded to half or all of the grid (rounded up to a power of two, at least 32):
     # two compiled shapes per grid size (compiling costs more than padding), one for short grids.
-    top = max(_pow2(T), 32)
+    top = max(pow2(T), 32)
     levels = np.array([top // 2, top] if top > 64 else [top])
     pads = levels[np.searchsorted(levels, lengths)]
     last = np.full((T, 2, V), np.nan)  # latest solution per first point, as alpha_t + beta_t t
-    with _x64():
+    with x64():
         for P in levels:
             sel = np.nonzero(pads == P)[0]
             if sel.size == 0:
                 continue
             # At least 256 blocks per chunk: short grids of similar length then share one shape.
             n_chunk = max(1, _CHUNK_SIZE // (P * max(V, 8)))
-            n_chunk = min(n_chunk, max(_pow2(sel.size), 256))
+            n_chunk = min(n_chunk, max(pow2(sel.size), 256))
             for lo in range(0, sel.size, n_chunk):
                 part = sel[lo : lo + n_chunk]
                 i0, L = starts[part], lengths[part]

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxfeat
+from jaxfeat._arrays import x64 as x64  # re-exported for the tests
 
 
 def random_features(key, k: int, vocab: int, scale: float = 1.0, t_range=(0.0, 1.0)):
@@ -26,13 +27,3 @@ def numpy_kl(p, q):
     q = np.asarray(q, np.float64)
     pos = p > 0
     return np.sum(np.where(pos, p * (np.log(np.where(pos, p, 1)) - np.log(q)), 0.0), axis=-1)
-
-
-def x64():
-    """A context in which JAX computes in float64 (``jax.enable_x64`` on JAX >= 0.8)."""
-    ctx = getattr(jax, "enable_x64", None)
-    if ctx is not None:
-        return ctx(True)
-    from jax.experimental import enable_x64
-
-    return enable_x64()
