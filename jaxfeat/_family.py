@@ -146,7 +146,9 @@ def feature_family(
       tokens: (n,) token ids the curves are over (n >= 2).
       tol: mean-KL tolerance in nats for the sub-family search and the count (> 0).
       reference: optional (N, V) or (N, n) next-token probabilities per sample (the model's
-        own output, or the true p(t)); restricted to ``tokens`` and renormalised. ``None``:
+        own output, or the true p(t)): (N, V) columns by token id, (N, n) in the order of
+        ``tokens`` (when n == V, columns are read as token ids); restricted to ``tokens`` and
+        renormalised. ``None``:
         ``softmax(x W_U)`` over ``tokens``, which is the model's output only when x is the whole
         residual stream at the unembedding; for an MLP-output site pass the model's output.
       ln_scale: frozen final-LayerNorm scale for the logit effects and the default reference.
@@ -279,7 +281,7 @@ def _reference(reference: ArrayLike, n: int, vocab: int, ids: np.ndarray) -> np.
             f"({n}, {ids.size}): the next-token probabilities of each sample."
         )
     p = np.asarray(reference, np.float64)
-    if shape[1] == vocab and vocab != ids.size:
+    if shape[1] == vocab:  # columns are token ids (also when n == V)
         p = p[:, ids]
     return _validate.simplex_rows(p, "reference", normalize=True)
 

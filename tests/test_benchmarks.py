@@ -32,6 +32,7 @@ def _load(name: str) -> ModuleType:
 throughput = _load("throughput")
 plot_throughput = _load("plot_throughput")
 feature_count = _load("feature_count")
+sae_family = _load("sae_family")
 
 
 def _numbers(x, path: str = ""):
@@ -271,3 +272,13 @@ def test_feature_count_smoke(tmp_path, capsys):
         _assert_png(path)
     text = capsys.readouterr().out
     assert f"results: {out}" in text and "wall time" in text
+
+
+def test_sae_family_smoke(tmp_path):
+    out = sae_family.main(["--smoke", "--out", str(tmp_path / "sae.json")])
+    doc = json.loads(out.read_text())
+    _assert_all_finite(doc)
+    assert {"jax", "backend", "device"} <= set(doc["environment"])
+    (row,) = doc["rows"]
+    assert row["members_found_exactly"] and row["family_size"] == 3 and row["converged"]
+    assert row["family_kl"] < 1e-4 and row["family_warm_s"] > 0

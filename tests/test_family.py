@@ -64,19 +64,16 @@ def case():
     return planted()
 
 
+def run(case: Planted, sae: js.SAE | None = None, **options) -> js.FeatureFamily:
+    """feature_family on the planted case with the tests' defaults (no count: it is slow)."""
+    kwargs = dict(tokens=TOKENS, tol=1e-3, reference=case.reference, bins=24, count=False)
+    kwargs.update(options)
+    return js.feature_family(sae or case.sae, case.x, case.t, case.W_U, **kwargs)
+
+
 @pytest.fixture(scope="module")
 def family(case):
-    return js.feature_family(
-        case.sae,
-        case.x,
-        case.t,
-        case.W_U,
-        tokens=TOKENS,
-        tol=1e-3,
-        reference=case.reference,
-        bins=24,
-        count=False,
-    )
+    return run(case)
 
 
 def test_finds_exactly_the_planted_members(case, family):
@@ -101,34 +98,13 @@ def test_the_same_checks_reject_a_wrong_sae(case):
     W_dec = np.asarray(case.sae.W_dec).copy()
     W_dec[[i, j]] = W_dec[[j, i]]
     wrong = dataclasses.replace(case.sae, W_dec=jnp.asarray(W_dec))
-    fam = js.feature_family(
-        wrong,
-        case.x,
-        case.t,
-        case.W_U,
-        tokens=TOKENS,
-        tol=1e-3,
-        reference=case.reference,
-        bins=24,
-        count=False,
-    )
+    fam = run(case, wrong)
     assert fam.kl > 1e-2 and fam.subfamily is None
 
 
 def test_the_members_check_rejects_a_planted_member_left_out(case):
     # With a share floor above one member's share, the family is no longer the planted one.
-    fam = js.feature_family(
-        case.sae,
-        case.x,
-        case.t,
-        case.W_U,
-        tokens=TOKENS,
-        tol=1e-3,
-        reference=case.reference,
-        bins=24,
-        count=False,
-        min_share=0.2,
-    )
+    fam = run(case, min_share=0.2)
     assert not np.array_equal(np.sort(fam.members), case.members)
 
 
@@ -144,17 +120,7 @@ def test_statistics_match_a_direct_numpy_computation(case, family, monkeypatch):
     np.testing.assert_array_equal(family.counts, counts)
     # Many small chunks (the pairwise merge) give the same statistics as one.
     monkeypatch.setattr(_family, "CHUNK_ELEMENTS", 100 * D_SAE)
-    chunked = js.feature_family(
-        case.sae,
-        case.x,
-        case.t,
-        case.W_U,
-        tokens=TOKENS,
-        tol=1e-3,
-        reference=case.reference,
-        bins=24,
-        count=False,
-    )
+    chunked = run(case)
     np.testing.assert_allclose(chunked.profiles, family.profiles, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(chunked.variation, family.variation, rtol=1e-4)
 
@@ -174,17 +140,7 @@ def test_shares_are_the_energy_decomposition(case, family):
 
 def test_greedy_search_is_an_upper_bound_on_the_exhaustive_one(case, family, monkeypatch):
     monkeypatch.setattr(_family, "EXHAUSTIVE_MAX", 0)
-    greedy = js.feature_family(
-        case.sae,
-        case.x,
-        case.t,
-        case.W_U,
-        tokens=TOKENS,
-        tol=1e-3,
-        reference=case.reference,
-        bins=24,
-        count=False,
-    )
+    greedy = run(case)
     assert greedy.search == "greedy"
     assert np.all(greedy.size_kl >= family.size_kl - 1e-7)
     np.testing.assert_allclose(
@@ -193,9 +149,7 @@ def test_greedy_search_is_an_upper_bound_on_the_exhaustive_one(case, family, mon
 
 
 def test_default_reference_is_the_activations_through_the_unembedding(case):
-    fam = js.feature_family(
-        case.sae, case.x, case.t, case.W_U, tokens=TOKENS, tol=1e-3, bins=24, count=False
-    )
+    fam = run(case, reference=None)
     assert fam.reference_source == "activations"
     index = _family._bins(case.t, 24)[0]
     p = np.asarray(jax.nn.softmax(case.x @ case.W_U[:, TOKENS], axis=-1))
@@ -207,17 +161,7 @@ def test_default_reference_is_the_activations_through_the_unembedding(case):
 def test_full_vocabulary_reference_is_restricted_to_tokens(case, family):
     full = np.full((case.t.size, V), 1e-3)
     full[:, TOKENS] = case.reference * (1 - 1e-3 * (V - TOKENS.size))
-    fam = js.feature_family(
-        case.sae,
-        case.x,
-        case.t,
-        case.W_U,
-        tokens=TOKENS,
-        tol=1e-3,
-        reference=full,
-        bins=24,
-        count=False,
-    )
+    fam = run(case, reference=full)
     np.testing.assert_allclose(fam.reference, family.reference, rtol=1e-5)
 
 
@@ -230,37 +174,8 @@ def test_discrete_latent_values_are_the_grid(case):
 
 
 def test_unreachable_tolerance_reports_no_subfamily(case, family):
-    fam = js.feature_family(
-        case.sae,
-        case.x,
-        case.t,
-        case.W_U,
-        tokens=TOKENS,
-        tol=1e-12,
-        reference=case.reference,
-        bins=24,
-        count=False,
-    )
+    fam = run(case, tol=1e-12)
     assert fam.subfamily is None and fam.subfamily_kl == fam.kl
-
-
-def test_required_features_sits_beside_the_family(case):
-    fam = js.feature_family(
-        case.sae,
-        case.x,
-        case.t,
-        case.W_U,
-        tokens=TOKENS,
-        tol=1e-3,
-        reference=case.reference,
-        bins=24,
-        count_options=dict(restarts=4, k_max=4),
-    )
-    req = fam.required
-    assert req is not None and req.activation == "relu" and req.tol == 1e-3
-    # The planted curve is three ReLU features of t: no certificate may exceed three.
-    assert req.lower_bound <= len(fam.subfamily) == 3
-    np.testing.assert_allclose(fam.target.probs, fam.reference, rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize(

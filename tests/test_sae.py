@@ -199,6 +199,8 @@ def test_half_precision_files(tmp_path, dtype, code):
     rtol = float(jnp.finfo(jnp.dtype(dtype)).eps)
     np.testing.assert_allclose(loaded.W_dec, sae.W_dec, rtol=rtol, atol=rtol)
     assert js.load_saelens(tmp_path, dtype=dtype).dtype == jnp.dtype(dtype)
+    cast = sae.astype(dtype)
+    assert cast.threshold.dtype == jnp.dtype(dtype) and cast.architecture == "jumprelu"
 
 
 def _header(path: pathlib.Path) -> dict:
