@@ -29,18 +29,22 @@ from ._sae import SAE, check_unembedding, encode, logit_effects, token_ids
 from ._target import Target
 
 # With at most this many distinct latent values, each value is its own bin; otherwise t is cut
-# into DEFAULT_BINS equal-width bins.
+# into DEFAULT_BINS bins of equal counts (quantiles: an outlier in t does not empty the rest).
 MAX_LEVELS = 64
 DEFAULT_BINS = 32
-# Largest family searched exhaustively (2^m subsets, one vmapped convex fit each).
+# Largest family searched exhaustively (2^m subsets, one vmapped convex fit each), and the most
+# work allowed for it: 2^m dense (n, n) Newton solves per step cost about 2^m n^3.
 EXHAUSTIVE_MAX = 10
+EXHAUSTIVE_WORK = 2**31
 # Newton steps for the offset c, the step lengths tried per step, and the gradient size (nats per
 # logit) below which the fit counts as converged.
 NEWTON_STEPS = 40
 STEP_LENGTHS = 2.0 ** -np.arange(10)
 GRAD_TOL = 1e-5
-# Encoder rows per compiled chunk: about 2^24 feature activations in memory at once.
+# Encoder rows per compiled chunk: about 2^24 feature activations in memory at once, and at most
+# 4096 rows, so that float32 sums within a chunk stay accurate (chunks merge in float64).
 CHUNK_ELEMENTS = 2**24
+CHUNK_ROWS = 4096
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,8 +62,10 @@ class FeatureFamily:
       shares: (m,) each member's share of the latent's logit variation: its energy
         ``Σ_t |(a_i(t) - ā_i) l̃_i|²`` (``l̃_i`` centred over tokens) over the sum of all d_sae
         features' energies. The whole dictionary's shares sum to 1.
-      variation: (m,) each member's correlation ratio η² = between-bin / total variance of its
-        activation: 1 for an activation that is a function of t, near 0 for one flat in t.
+      variation: (m,) each member's bias-corrected correlation ratio ε² = (SS_between -
+        (T - 1) MS_within) / SS_total of its activation (clipped at 0): 1 for an activation that
+        is a function of t, about 0 for one flat in t however many bins there are (plain η² would
+        be (T - 1) / (N - 1) for pure noise).
       offset: (n,) the fitted c.
       curve: (T, n) the family's next-token curve ``softmax(c + Σ_i a_i(t) l_i)``.
       reference: (T, n) the reference curve (bin means of the per-sample distributions).
@@ -69,13 +75,18 @@ class FeatureFamily:
       converged: whether the fit of c reached the gradient tolerance.
       tol: the tolerance of the sub-family search, mean KL in nats.
       subfamily: indices (into the dictionary) of the smallest sub-family whose curve is within
-        ``tol`` of the reference, or ``None`` if the whole family is not.
+        ``tol`` of the reference, or ``None`` if no subset found is. Adding a member can make
+        the fit worse (its profile is fixed), so a sub-family may reach ``tol`` when the whole
+        family (``kl``) does not.
       subfamily_kl: that sub-family's mean KL (the whole family's if ``subfamily`` is ``None``).
-      size_kl: (m + 1,) the best mean KL found with s members, s = 0..m (s = 0: c alone).
+      size_kl: (m + 1,) the best mean KL found with s members, s = 0..m (s = 0: c alone); not
+        monotone in s, for the same reason.
       search: ``"exhaustive"`` (every subset: ``size_kl`` is the exact minimum per size) or
         ``"greedy"`` (forward selection: ``size_kl`` is an upper bound per size).
       required: :func:`jaxfeat.required_features` on the reference curve (the certified bracket
-        for an affine latent), or ``None`` when not asked for.
+        for an affine latent), or ``None`` when not asked for. It is computed on the grid mapped
+        affinely onto [0, 1] (which changes no feature count), so its fit's ``w, b`` are in those
+        units.
     """
 
     members: np.ndarray
@@ -127,12 +138,15 @@ def feature_family(
     """Find the SAE features that carry a latent, the curve they make, and how many are needed.
 
     1. Bin the samples by t (each distinct value its own bin when there are at most 64, else
-       ``bins`` equal-width bins) and take each feature's mean activation per bin.
-    2. Members: features with correlation ratio ``η² >= min_variation`` (the activation depends
-       on t) and share of the logit variation ``>= min_share`` (it moves these tokens).
+       ``bins`` bins of equal counts) and take each feature's mean activation per bin.
+    2. Members: features with bias-corrected correlation ratio ``ε² >= min_variation`` (the
+       activation depends on t) and share of the logit variation ``>= min_share`` (it moves
+       these tokens).
     3. Fit c of ``q(t) = softmax(c + Σ a_i(t) l_i)`` to the reference (convex; Newton).
-    4. Smallest sub-family within ``tol``: every subset when the family has at most 10 members,
-       else greedy forward selection; ``search`` says which.
+    4. Smallest sub-family within ``tol``: every subset when the family has at most 10 members
+       (and 2^m n^3 is at most 2^31, n the number of tokens), else greedy forward selection;
+       ``search`` says which. Each fit of c costs O(T n^2 + n^3) per Newton step: ``tokens`` is
+       meant to be the handful of tokens the latent moves.
     5. ``required``: :func:`jaxfeat.required_features` on the reference curve, so the SAE's
        family size sits beside the certified bracket. The bracket is for ReLU features of an
        affine latent (``"jumprelu"`` for a JumpReLU SAE): it applies to the SAE when x is
@@ -152,8 +166,8 @@ def feature_family(
         ``softmax(x W_U)`` over ``tokens``, which is the model's output only when x is the whole
         residual stream at the unembedding; for an MLP-output site pass the model's output.
       ln_scale: frozen final-LayerNorm scale for the logit effects and the default reference.
-      bins: number of equal-width bins of t (default: distinct values, or 32).
-      min_variation: smallest correlation ratio η² of a member, in [0, 1].
+      bins: number of equal-count bins of t (default: distinct values, or 32).
+      min_variation: smallest corrected correlation ratio ε² of a member, in [0, 1].
       min_share: smallest share of the logit variation of a member, in [0, 1].
       count: compute ``required`` (several compiled fits: seconds to minutes).
       count_options: keywords for :func:`jaxfeat.required_features` (``k_max``, ``restarts``,
@@ -190,10 +204,7 @@ def feature_family(
     means, m2, active, ref_curve = stats
     effects = np.asarray(logit_effects(sae, W_U, tokens=ids, ln_scale=ln_scale), np.float64)
 
-    overall = (counts @ means) / counts.sum()
-    between = counts @ (means - overall) ** 2
-    total = between + m2.sum(axis=0)
-    variation = np.divide(between, total, out=np.zeros_like(total), where=total > 0)
+    variation = _epsilon_squared(means, m2, counts)
     centred = means - means.mean(axis=0)
     energy = (centred**2).sum(axis=0) * ((effects - effects.mean(axis=1, keepdims=True)) ** 2).sum(
         1
@@ -208,13 +219,15 @@ def feature_family(
     full = np.ones((1, members.size), bool)
     offset, losses, grads = (np.asarray(v) for v in fit(jnp.asarray(full), reference_curve))
     size_kl, best, search = _search(fit, reference_curve, members.size)
+    size_kl = np.maximum(size_kl, 0.0)  # float32 rounding can leave a KL of -1e-7
     reached = np.flatnonzero(size_kl <= tol)
     subfamily = None if reached.size == 0 else members[best[reached[0]]]
     required = None
     if count:
         options = {"activation": "jumprelu" if sae.architecture == "jumprelu" else "relu"}
         options.update(count_options or {})
-        required = required_features(Target(grid, ref_curve, normalize=True), tol, **options)
+        unit = (grid - grid[0]) / (grid[-1] - grid[0])
+        required = required_features(Target(unit, ref_curve, normalize=True), tol, **options)
     curve = np.asarray(jax.nn.softmax(offset[0] + profiles @ member_effects, axis=-1))
     return FeatureFamily(
         members=members,
@@ -230,15 +243,27 @@ def feature_family(
         curve=curve,
         reference=ref_curve,
         reference_source="activations" if reference is None else "given",
-        kl=float(losses[0]),
+        kl=max(float(losses[0]), 0.0),
         converged=bool(grads[0] <= GRAD_TOL),
         tol=tol,
         subfamily=subfamily,
-        subfamily_kl=float(size_kl[reached[0]] if reached.size else losses[0]),
+        subfamily_kl=max(float(size_kl[reached[0]] if reached.size else losses[0]), 0.0),
         size_kl=size_kl,
         search=search,
         required=required,
     )
+
+
+def _epsilon_squared(means: np.ndarray, m2: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Bias-corrected correlation ratio per feature: unbiased for pure noise, unlike η²."""
+    n, bins = counts.sum(), counts.size
+    overall = (counts @ means) / n
+    between = counts @ (means - overall) ** 2
+    within = m2.sum(axis=0)
+    total = between + within
+    noise = (bins - 1) * within / max(n - bins, 1)
+    eps = np.divide(between - noise, total, out=np.zeros_like(total), where=total > 0)
+    return np.clip(eps, 0.0, 1.0)
 
 
 def _activations(x: ArrayLike, sae: SAE) -> np.ndarray:
@@ -251,7 +276,8 @@ def _activations(x: ArrayLike, sae: SAE) -> np.ndarray:
     a = np.asarray(x)
     if a.dtype.kind not in "fiu" and a.dtype.name != "bfloat16":
         raise ValueError(f"x has dtype {a.dtype}; activations must be numbers.")
-    bad = ~np.isfinite(a.astype(np.float32)).all(axis=1)
+    finite = np.isfinite(a if a.dtype.kind == "f" else a.astype(np.float32))
+    bad = ~finite.all(axis=1)
     if bad.any():
         raise ValueError(
             f"x has NaN or inf in {int(bad.sum())} row(s), the first at row {int(np.argmax(bad))}; "
@@ -280,10 +306,19 @@ def _reference(reference: ArrayLike, n: int, vocab: int, ids: np.ndarray) -> np.
             f"reference has shape {shape}; it must be (N, V) = ({n}, {vocab}) or (N, n) = "
             f"({n}, {ids.size}): the next-token probabilities of each sample."
         )
-    p = np.asarray(reference, np.float64)
+    p = np.asarray(reference)
     if shape[1] == vocab:  # columns are token ids (also when n == V)
         p = p[:, ids]
-    return _validate.simplex_rows(p, "reference", normalize=True)
+    p = p.astype(np.float64)
+    if not np.all(np.isfinite(p)) or np.any(p < 0):
+        raise ValueError("reference has NaN, inf or negative entries; it must be probabilities.")
+    empty = p.sum(axis=1) <= 0
+    if empty.any():
+        raise ValueError(
+            f"reference row {int(np.argmax(empty))} has no probability on tokens "
+            f"({int(empty.sum())} such rows); drop those samples or choose tokens they predict."
+        )
+    return p / p.sum(axis=1, keepdims=True)
 
 
 def _bins(t: np.ndarray, bins: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -294,11 +329,17 @@ def _bins(t: np.ndarray, bins: int | None) -> tuple[np.ndarray, np.ndarray, np.n
         n = DEFAULT_BINS if bins is None else _validate.positive_int(bins, "bins")
         if n < 2:
             raise ValueError(f"bins={bins!r} must be at least 2.")
-        edges = np.linspace(levels[0], levels[-1], n + 1)
+        edges = np.quantile(t, np.linspace(0, 1, n + 1))
         raw = np.clip(np.searchsorted(edges, t, side="right") - 1, 0, n - 1)
-        _, index = np.unique(raw, return_inverse=True)  # drop empty bins
+        _, index = np.unique(raw, return_inverse=True)  # drop empty bins (ties in t)
     counts = np.bincount(index)
     grid = np.bincount(index, weights=t) / counts
+    unit = ((grid - grid[0]) / (grid[-1] - grid[0])).astype(np.float32)
+    if np.any(np.diff(unit) <= 0):
+        raise ValueError(
+            "t has bins closer than float32 can tell apart relative to its range; pass fewer "
+            "bins= or merge nearby latent values."
+        )
     return index, grid, counts.astype(np.float64)
 
 
@@ -308,7 +349,11 @@ def _chunk(sae, x, index, W, scale, ref, *, n_bins, centre):
     seg = functools.partial(jax.ops.segment_sum, segment_ids=index, num_segments=n_bins + 1)
     n = seg(jnp.ones(x.shape[0], jnp.float32))
     mean = seg(f) / jnp.maximum(n, 1.0)[:, None]
-    m2 = seg((f - mean[index]) ** 2)
+    # Two-pass corrected sums: the rounding in the first pass's mean cancels out of both.
+    dev = f - mean[index]
+    dev_sum = seg(dev)
+    mean = mean + dev_sum / jnp.maximum(n, 1.0)[:, None]
+    m2 = seg(dev**2) - dev_sum**2 / jnp.maximum(n, 1.0)[:, None]
     active = seg((f > 0).astype(jnp.float32))
     if ref is None:
         z = x.astype(jnp.float32)
@@ -321,7 +366,7 @@ def _chunk(sae, x, index, W, scale, ref, *, n_bins, centre):
 def _binned_stats(sae, x, index, n_bins, W, ln_scale, ref):
     """Per-bin means, within-bin sums of squares (Chan's pairwise merge, float64 on the host),
     active counts and reference sums, one compiled chunk of rows at a time."""
-    rows = max(1, min(x.shape[0], CHUNK_ELEMENTS // max(sae.d_sae, 1)))
+    rows = max(1, min(x.shape[0], CHUNK_ROWS, CHUNK_ELEMENTS // max(sae.d_sae, 1)))
     rows = 1 << (rows.bit_length() - 1)  # a power of two: one compiled shape for all chunks
     centre = ln_scale is not None
     scale = 1.0 if ln_scale is None else _validate.positive_float(ln_scale, "ln_scale")
@@ -370,8 +415,13 @@ def _fit_masks(profiles, effects, masks, reference):
             d = d - d.mean()
             trial = jax.vmap(loss)(c[None] - steps[:, None] * d)
             best = jnp.argmin(trial)
-            better = trial[best] < loss(c)
-            return jnp.where(better, c - steps[best] * d, c), None
+            now = loss(c)
+            # Near the optimum a Newton step gains less than the loss's rounding: take the full
+            # step while it does not go up by more than that, else the best shorter one.
+            slack = 8 * jnp.finfo(now.dtype).eps * (1 + jnp.abs(now))
+            full = trial[0] <= now + slack
+            step_to = jnp.where(full, c - d, c - steps[best] * d)
+            return jnp.where(full | (trial[best] < now), step_to, c), None
 
         c, _ = jax.lax.scan(step, c0, None, length=NEWTON_STEPS)
         g = (jax.nn.softmax(c + z, axis=-1) - reference).mean(0)
@@ -382,7 +432,8 @@ def _fit_masks(profiles, effects, masks, reference):
 
 def _search(fit, reference, m: int) -> tuple[np.ndarray, list[np.ndarray], str]:
     """Best mean KL per sub-family size, and the best subset of each size (member positions)."""
-    if m <= EXHAUSTIVE_MAX:
+    n = reference.shape[1]
+    if m <= EXHAUSTIVE_MAX and 2**m * n**3 <= EXHAUSTIVE_WORK:
         masks = np.array(list(itertools.product([False, True], repeat=m)), bool).reshape(2**m, m)
         losses = np.asarray(fit(jnp.asarray(masks), reference)[1], np.float64)
         sizes = masks.sum(axis=1)

@@ -21,6 +21,7 @@ import ml_dtypes
 import numpy as np
 import safetensors.numpy
 
+from . import _validate
 from ._sae import ARCHITECTURES, SAE
 
 CONFIG = "cfg.json"
@@ -54,6 +55,10 @@ def load_saelens(
         SAELens's ``fold_activation_norm_scaling_factor`` does, so the loaded SAE reads raw
         activations.
 
+    An attention-output SAE (``reshape_activations="hook_z"``) loads, and reads and returns
+    activations with the heads flattened, ``x.reshape(..., n_heads * d_head)``; SAELens reshapes
+    them itself.
+
     Returns:
       :class:`jaxfeat.sae.SAE`.
 
@@ -80,6 +85,15 @@ def load_saelens(
         k = cfg.get("k", (cfg.get("activation_fn_kwargs") or {}).get("k"))
         if k is None:
             raise ValueError(f"{path / CONFIG}: a topk SAE needs 'k'; the field is missing.")
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"{path / CONFIG}: field 'k' must be a positive integer, got {k!r}.")
+    flags = {}
+    for key, default in (("apply_b_dec_to_input", True), ("rescale_acts_by_decoder_norm", False)):
+        flags[key] = cfg.get(key, default)
+        if not isinstance(flags[key], bool):
+            raise ValueError(
+                f"{path / CONFIG}: field {key!r} must be true or false, got {flags[key]!r}."
+            )
     _fold_finetuning_scale(tensors, cfg, where)
     if architecture == "jumprelu" and "threshold" not in tensors and "log_threshold" in tensors:
         # SAELens's training JumpReLU stores log(threshold).
@@ -107,9 +121,8 @@ def load_saelens(
     sae = SAE(
         **arrays,
         architecture=architecture,
-        k=None if k is None else int(k),
-        apply_b_dec_to_input=bool(cfg.get("apply_b_dec_to_input", True)),
-        rescale_acts_by_decoder_norm=bool(cfg.get("rescale_acts_by_decoder_norm", False)),
+        k=k,
+        **flags,
     )
     mode = _normalize_mode(cfg, path / CONFIG)
     if mode == "expected_average_only_in":
@@ -119,7 +132,7 @@ def load_saelens(
                 "activations by a dataset constant that cfg.json does not store; pass "
                 "norm_scaling_factor= (SAELens's ActivationScaler.scaling_factor) to fold it in."
             )
-        s = float(norm_scaling_factor)
+        s = _validate.positive_float(norm_scaling_factor, "norm_scaling_factor")
         sae = dataclasses.replace(
             sae, W_enc=sae.W_enc * s, W_dec=sae.W_dec / s, b_dec=sae.b_dec / s
         )

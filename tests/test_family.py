@@ -100,6 +100,7 @@ def test_the_same_checks_reject_a_wrong_sae(case):
     wrong = dataclasses.replace(case.sae, W_dec=jnp.asarray(W_dec))
     fam = run(case, wrong)
     assert fam.kl > 1e-2 and fam.subfamily is None
+    assert fam.converged  # the fit of c is an optimum even where the curve is wrong
 
 
 def test_the_members_check_rejects_a_planted_member_left_out(case):
@@ -218,3 +219,74 @@ def test_plot_family_draws_three_labelled_panels(family):
         js.plot_family(family, token_names=["a", "b"])
     with pytest.raises(ValueError, match="pair="):
         js.plot_family(family, pair=(0, 0))
+
+
+def test_pure_noise_is_not_a_member_however_many_bins(monkeypatch):
+    # Sixty latent values, a hundred samples, activations independent of t: plain η² averages
+    # (T - 1) / (N - 1) = 0.6 and would admit every feature; the corrected ratio does not.
+    rng = np.random.default_rng(5)
+    t = rng.integers(0, 60, 100).astype(float)
+    x = rng.uniform(0.5, 1.5, (100, 4))
+    sae = js.SAE(jnp.eye(4), jnp.zeros(4), jnp.eye(4), jnp.zeros(4))
+    W_U = rng.normal(size=(4, 3))
+    fam = js.feature_family(sae, x, t, W_U, tokens=[0, 1, 2], tol=1e-3, count=False)
+    assert fam.members.size == 0
+    index, grid, counts = _family._bins(t, None)
+    means = np.stack([x[index == b].mean(0) for b in range(grid.size)])
+    within = sum(((x[index == b] - means[b]) ** 2).sum(0) for b in range(grid.size))
+    between = counts @ (means - x.mean(0)) ** 2
+    assert np.all(between / (between + within) > 0.2)  # the uncorrected check fails here
+    assert np.all(_family._epsilon_squared(means, _m2(x, index), counts) < 0.2)
+
+
+def _m2(x, index):
+    """(T, d) within-bin sums of squared deviations."""
+    return np.stack(
+        [((x[index == b] - x[index == b].mean(0)) ** 2).sum(0) for b in range(index.max() + 1)]
+    )
+
+
+def test_float32_sums_stay_accurate_for_large_offsets():
+    # Activations 1000 +- 1: a naive float32 sum of squares would lose the variance.
+    rng = np.random.default_rng(6)
+    n = 40_000
+    t = rng.integers(0, 4, n).astype(float)
+    x = (1000.0 + t + rng.normal(size=n))[:, None].astype(np.float32)
+    sae = js.SAE(jnp.ones((1, 1)), jnp.zeros(1), jnp.ones((1, 1)), jnp.zeros(1))
+    index, grid, _ = _family._bins(t, None)
+    means, m2, _, _ = _family._binned_stats(sae, x, index, grid.size, jnp.ones((1, 2)), None, None)
+    x64 = x[:, 0].astype(np.float64)
+    for b in range(grid.size):
+        np.testing.assert_allclose(means[b, 0], x64[index == b].mean(), rtol=1e-7)
+        np.testing.assert_allclose(
+            m2[b, 0], ((x64[index == b] - x64[index == b].mean()) ** 2).sum(), rtol=1e-3
+        )
+
+
+def test_an_outlier_in_t_does_not_empty_the_family(case):
+    t = case.t.copy()
+    t[0] = 1000.0
+    fam = js.feature_family(
+        case.sae,
+        case.x,
+        t,
+        case.W_U,
+        tokens=TOKENS,
+        tol=1e-3,
+        reference=case.reference,
+        count=False,
+    )
+    assert fam.grid.size == _family.DEFAULT_BINS
+    assert np.array_equal(np.sort(fam.members), case.members)
+
+
+def test_bins_float32_cannot_separate_are_a_clear_error():
+    with pytest.raises(ValueError, match="closer than float32 can tell apart"):
+        _family._bins(np.array([0.0, 1.0 - 1e-9, 1.0]), None)
+
+
+def test_reference_row_without_mass_on_tokens_names_the_row(case):
+    ref = case.reference.copy()
+    ref[11] = 0.0
+    with pytest.raises(ValueError, match="reference row 11 has no probability on tokens"):
+        run(case, reference=ref)

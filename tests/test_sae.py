@@ -287,6 +287,9 @@ def test_expected_average_only_in_folds_the_scaling_factor(tmp_path):
     path = _write(tmp_path, {**FLAT, "normalize_activations": True}, _tensors(sae))
     with pytest.raises(ValueError, match="pass norm_scaling_factor="):
         js.load_saelens(path)
+    for bad in (0.0, float("nan"), "a"):
+        with pytest.raises(ValueError, match="norm_scaling_factor="):
+            js.load_saelens(path, norm_scaling_factor=bad)
     back = js.load_saelens(path, norm_scaling_factor=2.0)
     x = np.random.default_rng(11).normal(size=(4, D_IN))
     # The SAE was trained on 2x; the folded one reads raw activations and returns raw ones.
@@ -327,6 +330,9 @@ V6 = {
         ({}, {"b_dec": np.zeros(D_IN + 1, np.float32)}, r"'b_dec' has shape \(6,\)"),
         ({"d_sae": D_SAE + 1}, {}, r"'W_enc' has shape \(5, 8\)"),
         ({"d_in": "5"}, {}, "'d_in' must be an integer"),
+        ({"architecture": "topk", "k": 1.7}, {}, "'k' must be a positive integer, got 1.7"),
+        ({"architecture": "topk", "k": True}, {}, "'k' must be a positive integer, got True"),
+        ({"apply_b_dec_to_input": "false"}, {}, "'apply_b_dec_to_input' must be true or false"),
         ({}, {"W_dec": np.full((D_SAE, D_IN), np.nan, np.float32)}, "'W_dec' contains NaN"),
     ],
 )
