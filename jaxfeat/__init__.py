@@ -6,8 +6,10 @@ curves p(t), proves what one feature can and cannot do, and certifies how many a
 """
 
 from . import bounds as bounds
+from . import sae as sae
 from . import targets as targets
 from . import theory as theory
+from . import toy as toy
 from ._count import RequiredFeatures as RequiredFeatures
 from ._count import affine_rank as affine_rank
 from ._count import predicted_features as predicted_features

@@ -209,8 +209,8 @@ def save_saelens(
         flat["activation_fn_kwargs"] = {"k": int(sae.k)} if topk else {}
     cfg |= {key: value for key, value in flat.items() if key not in cfg}
     path.mkdir(parents=True, exist_ok=True)
-    _atomic(path / WEIGHTS, lambda tmp: safetensors.numpy.save_file(tensors, tmp))
-    _atomic(path / CONFIG, lambda tmp: tmp.write_text(json.dumps(cfg, indent=2)))
+    write_atomically(path / WEIGHTS, lambda tmp: safetensors.numpy.save_file(tensors, tmp))
+    write_atomically(path / CONFIG, lambda tmp: tmp.write_text(json.dumps(cfg, indent=2)))
 
 
 # Top-level fields SAELens 5's config class has no default for.
@@ -224,7 +224,8 @@ _SAELENS5_REQUIRED = (
 )
 
 
-def _atomic(dest: Path, write) -> None:
+def write_atomically(dest: Path, write) -> None:
+    """Calls ``write(tmp)`` on a temporary file beside ``dest``, then renames it to ``dest``."""
     tmp = dest.with_name(f".{dest.name}.tmp")
     write(tmp)
     tmp.replace(dest)
