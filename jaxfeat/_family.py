@@ -488,6 +488,7 @@ def plot_family(
       >>> len(plot_family(fam).axes)
       3
     """
+    import matplotlib
     from matplotlib.figure import Figure
 
     n = family.tokens.size
@@ -504,7 +505,10 @@ def plot_family(
             raise ValueError(f"pair={pair!r} must be two different positions in 0..{n - 1}.")
     fig = Figure(figsize=(15, 4.4), layout="constrained")
     ax_prof, ax_dec, ax_ratio = fig.subplots(1, 3)
-    colours = [f"C{i % 10}" for i in range(family.members.size)]
+    # Ten distinct colours, then twenty: large families (SAEs tile) stay readable.
+    size = family.members.size
+    tab20 = matplotlib.colormaps["tab20"]
+    colours = [f"C{i}" if size <= 10 else tab20(i % 20) for i in range(size)]
     labels = [f"feature {i}" for i in family.members]
     for i, (c, lab) in enumerate(zip(colours, labels, strict=True)):
         ax_prof.plot(family.grid, family.profiles[:, i], "o-", ms=3, color=c, label=lab)

@@ -282,3 +282,12 @@ def test_sae_family_smoke(tmp_path):
     (row,) = doc["rows"]
     assert row["members_found_exactly"] and row["family_size"] == 3 and row["converged"]
     assert row["family_kl"] < 1e-4 and row["family_warm_s"] > 0
+
+
+def test_toy_models_script_runs_the_experiment_sweeps(monkeypatch):
+    # The sweeps themselves are tested in tests/experiments/test_toy_models.py (smoke run).
+    script = _load("toy_models")
+    calls = []
+    monkeypatch.setattr(script, "run", lambda argv, repo: calls.append((argv, repo)) or repo)
+    assert script.main(["--smoke"]) == ROOT
+    assert calls == [(["--smoke"], ROOT)]

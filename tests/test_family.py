@@ -215,6 +215,15 @@ def test_plot_family_draws_three_labelled_panels(family):
         assert ax.get_title() and ax.get_xlabel() and ax.get_ylabel()
     assert axes[0].get_xlabel() == "latent t (a.u.)"
     assert len(axes[0].lines) == family.members.size
+    # A family larger than the colour cycle (SAEs tile) still draws, one colour per member.
+    many = dataclasses.replace(
+        family,
+        members=np.arange(12),
+        profiles=np.tile(family.profiles[:, :1], 12),
+        effects=np.tile(family.effects[:1], (12, 1)),
+    )
+    colours = [line.get_color() for line in js.plot_family(many).axes[0].lines]
+    assert len({tuple(np.atleast_1d(c)) if not isinstance(c, str) else c for c in colours}) == 12
     with pytest.raises(ValueError, match="token_names has 2 names"):
         js.plot_family(family, token_names=["a", "b"])
     with pytest.raises(ValueError, match="pair="):

@@ -1,0 +1,391 @@
+"""Trained toy models against the bracket: do trained networks and their SAEs use as many features
+as the curve needs?
+
+Run it with ``python benchmarks/toy_models.py [--full | --smoke]``; this module holds the sweeps.
+
+Three sweeps, each a resumable results file in ``benchmarks/results/toy_models_<mode>/``:
+
+- ``neurons``: MLP-only models (no attention, no LayerNorm) with the linear latent and few
+  neurons. A one-layer model is exactly a ``d_mlp + 1``-feature model, so its trained mean KL to
+  the target must lie above the certified bound for ``d_mlp + 1`` features; jaxfeat's own fit
+  with as many features shows how far SGD stops from the best such model. The same rows for two
+  layers and for the token presentation test the seed's depth conjecture.
+- ``families``: a one-layer transformer with attention and a wide MLP; SAEs of several sizes and
+  sparsities on the final residual stream at the cue (what the unembedding reads: with no final
+  LayerNorm the logits are exactly ``resid W_U + b_U``); the feature family of the latent at the
+  tolerance the model itself reaches, beside the required count for the model's own curve.
+- ``ablations``: attention and a final LayerNorm on a narrow model: how far its curve leaves the
+  ``d_mlp + 1``-feature class (mean KL from the best such fit of its own curve).
+
+Figures go to ``figures/`` (``--figures``): trained loss against the bracket, family size against
+the required count, and one family drawn with ``plot_family``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+import jaxfeat
+import jaxfeat.sae as js
+from jaxfeat import targets, toy
+
+from .plots import save
+from .store import ResultsStore, load, row_id
+
+TARGETS = {
+    "temperature": lambda n: targets.temperature(n=n),
+    "temperature_nonmonotone": lambda n: targets.temperature(nonmonotone=True, n=n),
+    "oscillating_1": lambda n: targets.oscillating(1, n=n),
+    "oscillating_2": lambda n: targets.oscillating(2, n=n),
+    "oscillating_3": lambda n: targets.oscillating(3, n=n),
+    "oscillating_4": lambda n: targets.oscillating(4, n=n),
+    "tuning_8": lambda n: targets.tuning_curves(8, width=0.15, n=n),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    mode: str
+    targets: tuple[str, ...]
+    seeds: tuple[int, ...]
+    n: int  # grid points of each target
+    n_docs: int
+    steps: int
+    d_mlps: tuple[int, ...]  # neurons sweep, one layer, linear latent
+    depth_d_mlps: tuple[int, ...]  # neurons sweep, two layers and the token presentation
+    width: int  # families sweep: the transformer's d_mlp
+    sae_sizes: tuple[int, ...]
+    sae_l1s: tuple[float, ...]
+    sae_ks: tuple[int, ...]
+    sae_samples: int
+    sae_steps: int
+    ablation_d_mlp: int
+    fit_restarts: int
+    k_max: int
+
+
+QUICK = Settings(
+    mode="quick",
+    targets=("temperature_nonmonotone", "oscillating_1", "oscillating_2"),
+    seeds=(0,),
+    n=32,
+    n_docs=100_000,
+    steps=3000,
+    d_mlps=(1, 2, 4, 8),
+    depth_d_mlps=(2,),
+    width=32,
+    sae_sizes=(16, 64),
+    sae_l1s=(3e-3,),
+    sae_ks=(3,),
+    sae_samples=8192,
+    sae_steps=3000,
+    ablation_d_mlp=4,
+    fit_restarts=8,
+    k_max=24,
+)
+FULL = dataclasses.replace(
+    QUICK,
+    mode="full",
+    targets=tuple(TARGETS),
+    seeds=(0, 1, 2),
+    d_mlps=(1, 2, 4, 8, 16, 32),
+    depth_d_mlps=(2, 4, 8),
+    width=64,
+    sae_sizes=(16, 32, 64, 128),
+    sae_l1s=(1e-3, 3e-3, 1e-2),
+    sae_ks=(2, 4),
+    fit_restarts=16,
+    k_max=48,
+)
+SMOKE = dataclasses.replace(
+    QUICK,
+    mode="smoke",
+    targets=("temperature_nonmonotone",),
+    n=8,
+    n_docs=1000,
+    steps=20,
+    d_mlps=(2,),
+    depth_d_mlps=(2,),
+    width=8,
+    sae_sizes=(8,),
+    sae_ks=(2,),
+    sae_samples=512,
+    sae_steps=20,
+    ablation_d_mlp=2,
+    fit_restarts=1,
+    k_max=4,
+)
+MODES = {"quick": QUICK, "full": FULL, "smoke": SMOKE}
+
+
+def mean_kl(p: np.ndarray, q: np.ndarray) -> float:
+    """Mean over the grid of KL(p || q), in nats (``p`` may have zeros)."""
+    p = np.asarray(p, np.float64)
+    q = np.asarray(q, np.float64)
+    logs = np.log(np.where(p > 0, p, 1)) - np.log(np.maximum(q, 1e-300))
+    return float(np.mean(np.sum(np.where(p > 0, p * logs, 0.0), axis=1)))
+
+
+def _train(settings: Settings, name: str, seed: int, **options) -> tuple[toy.ToyModel, float]:
+    target = TARGETS[name](settings.n)
+    latent = options.pop("latent", "linear")
+    corpus = toy.make_corpus(target, latent=latent, n_docs=settings.n_docs, seed=seed)
+    start = time.perf_counter()
+    model = toy.train(corpus, steps=settings.steps, seed=seed, progress=False, **options)
+    return model, time.perf_counter() - start
+
+
+def neurons(settings: Settings, store: ResultsStore) -> None:
+    jobs = [
+        (name, seed, d, 1, "linear")
+        for name in settings.targets
+        for seed in settings.seeds
+        for d in settings.d_mlps
+    ]
+    jobs += [
+        (name, seed, d, layers, latent)
+        for name in settings.targets
+        for seed in settings.seeds
+        for d in settings.depth_d_mlps
+        for layers, latent in ((2, "linear"), (1, "token"))
+    ]
+    bounds: dict[str, np.ndarray] = {}
+    for name, seed, d, layers, latent in jobs:
+        key = dict(target=name, seed=seed, d_mlp=d, n_layers=layers, latent=latent)
+        rid = row_id("neurons", key)
+        if store.done(rid):
+            continue
+        model, wall = _train(
+            settings, name, seed, d_mlp=d, n_layers=layers, latent=latent, attention=False
+        )
+        target = model.corpus.target
+        if name not in bounds:
+            bounds[name] = jaxfeat.segmentation_lower_bound(target, settings.k_max).bounds
+        curve = model.curve(n_contexts=1)
+        k = d + 1
+        fit = jaxfeat.fit(target, k=k, restarts=settings.fit_restarts, key=seed)
+        own = jaxfeat.Target(target.t, curve, normalize=True)
+        store.add(
+            {
+                "id": rid,
+                **key,
+                "trained_kl": mean_kl(target.probs, curve),
+                "bound_kl": float(bounds[name][k - 1]) if k <= settings.k_max else None,
+                "fit_kl": float(fit.mean_kl),
+                "affine_rank": int(jaxfeat.affine_rank(own)),
+                "final_loss": float(model.losses[-100:].mean()),
+                "converged": model.converged,
+                "outside_mass": float(model.outside_mass(n_contexts=1).max()),
+                "wall_s": wall,
+                "steps_per_s": settings.steps / wall,
+            }
+        )
+        print(f"neurons {rid}: trained {store.rows[-1]['trained_kl']:.2e}", file=sys.stderr)
+
+
+def families(settings: Settings, store: ResultsStore, keep: dict) -> None:
+    sae_specs = [("standard", size, l1) for size in settings.sae_sizes for l1 in settings.sae_l1s]
+    sae_specs += [("topk", size, k) for size in settings.sae_sizes for k in settings.sae_ks]
+    for name in settings.targets:
+        for seed in settings.seeds:
+            rids = [
+                row_id("families", dict(target=name, seed=seed, sae=arch, d_sae=size, sparsity=sp))
+                for arch, size, sp in sae_specs
+            ]
+            if all(store.done(r) for r in rids):
+                continue
+            model, wall = _train(settings, name, seed, d_mlp=settings.width, attention=True)
+            target = model.corpus.target
+            curve = model.curve()
+            tol = max(mean_kl(target.probs, curve), 1e-4)  # the tolerance the model reaches
+            own = jaxfeat.Target(target.t, curve, normalize=True)
+            req = jaxfeat.required_features(
+                own, tol, k_max=settings.k_max, restarts=settings.fit_restarts, key=seed
+            )
+            samples = model.mlp_out(settings.sae_samples, seed=seed + 1)
+            x = samples["resid"]
+            for rid, (arch, size, sparsity) in zip(rids, sae_specs, strict=True):
+                if store.done(rid):
+                    continue
+                options = {"l1": sparsity} if arch == "standard" else {"k": int(sparsity)}
+                sae = toy.train_sae(
+                    x, d_sae=size, architecture=arch, steps=settings.sae_steps, seed=seed, **options
+                )
+                f = np.asarray(js.encode(sae, x))
+                recon = np.asarray(js.decode(sae, f))
+                fvu = float(np.sum((recon - x) ** 2) / np.sum((x - x.mean(0)) ** 2))
+                fam = js.feature_family(
+                    sae,
+                    x,
+                    samples["t"],
+                    samples["W_U"],
+                    tokens=np.arange(target.vocab),
+                    tol=tol,
+                    reference=samples["probs"],
+                    count=False,
+                )
+                keep.setdefault("family", (fam, name))
+                store.add(
+                    {
+                        "id": rid,
+                        "target": name,
+                        "seed": seed,
+                        "sae": arch,
+                        "d_sae": size,
+                        "sparsity": sparsity,
+                        "model_kl": tol,
+                        "model_wall_s": wall,
+                        "required_k": req.k,
+                        "required_lower_bound": req.lower_bound,
+                        "family_size": int(fam.members.size),
+                        "subfamily_size": None
+                        if fam.subfamily is None
+                        else int(fam.subfamily.size),
+                        "family_kl": fam.kl,
+                        "family_search": fam.search,
+                        "sae_fvu": fvu,
+                        "sae_l0": float((f > 0).sum(1).mean()),
+                    }
+                )
+                print(
+                    f"families {rid}: family {fam.members.size}, required {req.k}", file=sys.stderr
+                )
+
+
+def ablations(settings: Settings, store: ResultsStore) -> None:
+    d = settings.ablation_d_mlp
+    for name in settings.targets:
+        for seed in settings.seeds:
+            for attention, layernorm in ((False, False), (True, False), (False, True)):
+                key = dict(
+                    target=name, seed=seed, d_mlp=d, attention=attention, layernorm=layernorm
+                )
+                rid = row_id("ablations", key)
+                if store.done(rid):
+                    continue
+                model, _ = _train(
+                    settings, name, seed, d_mlp=d, attention=attention, layernorm=layernorm
+                )
+                curve = model.curve()
+                own = jaxfeat.Target(model.corpus.target.t, curve, normalize=True)
+                fit = jaxfeat.fit(own, k=d + 1, restarts=settings.fit_restarts, key=seed)
+                store.add(
+                    {
+                        "id": rid,
+                        **key,
+                        "class_gap_kl": float(fit.mean_kl),
+                        "trained_kl": mean_kl(model.corpus.target.probs, curve),
+                    }
+                )
+
+
+def figures(settings: Settings, out: Path, figures_dir: Path, keep: dict) -> list[Path]:
+    from matplotlib.figure import Figure
+
+    paths = []
+    rows = load(out / "neurons.json")["rows"]
+    fig = Figure(figsize=(5 * len(settings.targets), 4.2), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(settings.targets)))
+    for ax, name in zip(axes, settings.targets, strict=True):
+        one = sorted(
+            (
+                r
+                for r in rows
+                if r["target"] == name and r["n_layers"] == 1 and r["latent"] == "linear"
+            ),
+            key=lambda r: r["d_mlp"],
+        )
+        k = [r["d_mlp"] + 1 for r in one]
+        ax.semilogy(k, [r["trained_kl"] for r in one], "o-", label="trained model (SGD)")
+        ax.semilogy(k, [r["fit_kl"] for r in one], "s--", label="jaxfeat fit, same k")
+        ax.semilogy(
+            k, [max(r["bound_kl"] or 0, 1e-9) for r in one], "v:", label="certified lower bound"
+        )
+        for layers, latent, marker in ((2, "linear", "^"), (1, "token", "D")):
+            extra = [
+                r
+                for r in rows
+                if r["target"] == name and r["n_layers"] == layers and r["latent"] == latent
+            ]
+            ax.semilogy(
+                [r["d_mlp"] + 1 for r in extra],
+                [r["trained_kl"] for r in extra],
+                marker,
+                ls="none",
+                label=f"{layers} layer(s), {latent} latent",
+            )
+        ax.set(
+            title=f"{name}: trained loss inside the bracket",
+            xlabel="features d_mlp + 1 (MLP neurons + direct path)",
+            ylabel="mean KL to the target (nats)",
+        )
+        ax.legend(fontsize=7)
+    paths.append(save(fig, figures_dir / "toy_trained_vs_bracket.png"))
+
+    rows = load(out / "families.json")["rows"]
+    fig = Figure(figsize=(6, 4.6), layout="constrained")
+    ax = fig.subplots()
+    for i, name in enumerate(settings.targets):
+        mine = [r for r in rows if r["target"] == name]
+        jitter = np.linspace(-0.15, 0.15, max(len(mine), 1))
+        ax.scatter(
+            [r["required_k"] + j for r, j in zip(mine, jitter, strict=True)],
+            [r["family_size"] for r in mine],
+            color=f"C{i}",
+            label=name,
+        )
+    top = max([r["family_size"] for r in rows] + [r["required_k"] or 1 for r in rows]) + 1
+    ax.plot([0, top], [0, top], "k:", lw=1, label="family = required")
+    ax.set(
+        title="SAE family size against the required count",
+        xlabel="required k for the model's own curve (features)",
+        ylabel="SAE features in the family (features)",
+    )
+    ax.legend(fontsize=7)
+    paths.append(save(fig, figures_dir / "toy_family_vs_required.png"))
+    if "family" in keep:
+        fam, name = keep["family"]
+        unit = "temperature (°C)" if name.startswith("temperature") else "latent t (grid units)"
+        fig = js.plot_family(fam, latent_name=unit)
+        paths.append(save(fig, figures_dir / "toy_family.png"))
+    return paths
+
+
+def main(argv: list[str] | None = None, repo: Path | None = None) -> Path:
+    """Runs the sweeps (resuming earlier results) and draws the figures; returns the results
+    directory. ``repo`` is where ``benchmarks/results`` and ``figures`` live (default: the
+    current directory)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--full", action="store_true")
+    group.add_argument("--smoke", action="store_true")
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--figures", type=Path)
+    parser.add_argument("--fresh", action="store_true", help="discard earlier results")
+    args = parser.parse_args(argv)
+    settings = FULL if args.full else SMOKE if args.smoke else QUICK
+    scratch = Path(tempfile.mkdtemp()) if args.smoke else None
+    repo = repo or Path.cwd()
+    out = args.out or (scratch or repo / "benchmarks" / "results") / f"toy_models_{settings.mode}"
+    figures_dir = args.figures or (scratch / "figures" if scratch else repo / "figures")
+    config = dataclasses.asdict(settings)
+    stores = {
+        name: ResultsStore(out / f"{name}.json", name, config=config, fresh=args.fresh)
+        for name in ("neurons", "families", "ablations")
+    }
+    keep: dict = {}
+    start = time.perf_counter()
+    neurons(settings, stores["neurons"])
+    families(settings, stores["families"], keep)
+    ablations(settings, stores["ablations"])
+    for path in figures(settings, out, figures_dir, keep):
+        print(f"figure {path}", file=sys.stderr)
+    print(f"done in {time.perf_counter() - start:.0f} s; results in {out}", file=sys.stderr)
+    return out

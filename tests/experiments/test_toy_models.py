@@ -1,0 +1,36 @@
+"""The trained-toy-model sweeps (jaxfeat.experiments.toy_models) on tiny sizes: every sweep,
+figure and the resume path, and the exactness bound on every one-layer MLP-only row."""
+
+from __future__ import annotations
+
+import json
+
+from jaxfeat.experiments.toy_models import main
+
+
+def _assert_png(path) -> None:
+    assert path.is_file() and path.stat().st_size > 1000, path
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", path
+
+
+def test_toy_models_smoke(tmp_path):
+    out = main(["--smoke", "--out", str(tmp_path / "res"), "--figures", str(tmp_path)])
+    for sweep in ("neurons", "families", "ablations"):
+        doc = json.loads((out / f"{sweep}.json").read_text())
+        assert doc["rows"], sweep
+    neurons = json.loads((out / "neurons.json").read_text())["rows"]
+    one_layer = [r for r in neurons if r["n_layers"] == 1 and r["latent"] == "linear"]
+    # A one-layer MLP-only model is a d_mlp + 1 feature model: never below the certified bound.
+    assert all(r["trained_kl"] >= r["bound_kl"] - 1e-6 for r in one_layer)
+    ablations = json.loads((out / "ablations.json").read_text())["rows"]
+    assert {(r["attention"], r["layernorm"]) for r in ablations} == {
+        (False, False),
+        (True, False),
+        (False, True),
+    }
+    for name in ("toy_trained_vs_bracket", "toy_family_vs_required", "toy_family"):
+        _assert_png(tmp_path / f"{name}.png")
+    # Resuming recomputes nothing: a second run finds every row done.
+    before = (out / "neurons.json").read_text()
+    main(["--smoke", "--out", str(tmp_path / "res"), "--figures", str(tmp_path)])
+    assert json.loads((out / "neurons.json").read_text())["rows"] == json.loads(before)["rows"]
