@@ -10,11 +10,12 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import commands, plots, sweeps
+from . import commands, plots, sweeps, toy_models
 from .store import atomic_write_json
 
 # Where `jaxfeat reproduce` looks for the committed reference results, and where it computes.
 REFERENCE_DIR = "benchmarks/results/feature_count_{mode}"
+TOY_REFERENCE_DIR = "benchmarks/results/toy_models_{mode}"
 RUN_DIR = "runs/reproduce_{mode}"
 _MARKER = "run.json"
 
@@ -30,6 +31,7 @@ def reproduce(
     progress: bool = True,
     settings: sweeps.Settings | None = None,
     counter: object = None,
+    toy: bool = True,
 ) -> int:
     """Recomputes every sweep, draws every figure and compares the numbers with the reference.
 
@@ -48,12 +50,16 @@ def reproduce(
       progress: progress bars on stderr.
       settings: sweep sizes other than the mode's preset (tests use tiny ones).
       counter: stand-in feature counter for :func:`jaxfeat.experiments.sweeps.run_sweeps`.
+      toy: also train the toy models of :mod:`jaxfeat.experiments.toy_models` (the mode's
+        preset, into ``out/toy_models``) and compare them with
+        ``benchmarks/results/toy_models_<mode>``.
 
     Returns:
       The exit code: 0, or 1 when ``reuse`` finds no reference results.
     """
     start = time.perf_counter()
     settings = settings or sweeps.PRESETS["full" if full else "quick"]
+    toy_settings = toy_models.FULL if full else toy_models.QUICK
     mode = settings.mode
     ref = Path(reference or REFERENCE_DIR.format(mode=mode))
     figs = Path(figures_dir)
@@ -63,7 +69,11 @@ def reproduce(
             return 1
         print(f"jaxfeat reproduce --reuse: NOTHING IS RECOMPUTED; figures drawn from {ref}")
         print(sweeps.summarize(ref).text)
-        _report_figures(plots.plot_all(ref, figs))
+        paths = plots.plot_all(ref, figs)
+        toy_ref = Path(TOY_REFERENCE_DIR.format(mode=mode))
+        if toy and (toy_ref / "neurons.json").exists():
+            paths += toy_models.figures(toy_settings, toy_ref, figs, {})
+        _report_figures(paths)
         return 0
     run = Path(out or RUN_DIR.format(mode=mode))
     # Read before computing: `out` may be the reference directory itself.
@@ -78,6 +88,8 @@ def reproduce(
     if not resume:
         for sweep in sweeps.SWEEPS:
             sweeps.results_path(run, sweep).unlink(missing_ok=True)
+        for sweep in toy_models.SWEEPS:
+            (run / "toy_models" / f"{sweep}.json").unlink(missing_ok=True)
     atomic_write_json(run / _MARKER, {"mode": mode, "status": "running", "started": time.time()})
     print(
         f"jaxfeat reproduce ({mode} mode): "
@@ -86,6 +98,10 @@ def reproduce(
         flush=True,
     )
     sweeps.run_sweeps(run, settings, counter=counter, progress=progress)
+    toy_figures = []
+    if toy:
+        print("trained toy models (jaxfeat.experiments.toy_models)", flush=True)
+        toy_figures = toy_models.run_all(toy_settings, run / "toy_models", figs)
     atomic_write_json(
         run / _MARKER, {"mode": mode, "status": "done", "seconds": time.perf_counter() - start}
     )
@@ -93,6 +109,11 @@ def reproduce(
     _report_figures(plots.plot_all(run, figs))
     after = {s: sweeps.read_rows(run, s) for s in sweeps.SWEEPS}
     print("\n" + sweeps.compare(before, after, name=f"reference in {ref}"))
+    if toy:
+        _report_figures(toy_figures)
+        toy_ref = Path(TOY_REFERENCE_DIR.format(mode=mode))
+        print(f"\n== Trained toy models against the reference in {toy_ref} ==")
+        print(toy_models.compare(toy_ref, run / "toy_models"))
     print(f"\nDone in {time.perf_counter() - start:.0f} s.")
     return 0
 
@@ -137,6 +158,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     rep.add_argument("--fresh", action="store_true", help="discard an interrupted run")
     rep.add_argument("--quiet", action="store_true", help="no progress bars")
+    rep.add_argument(
+        "--no-toy", action="store_true", help="skip the trained toy models (about 4 of the minutes)"
+    )
     commands.add_parsers(sub)
     args = parser.parse_args(argv)
     if args.command == "reproduce":
@@ -148,6 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             reuse=args.reuse,
             fresh=args.fresh,
             progress=not args.quiet,
+            toy=not args.no_toy,
         )
     return args.func(args)
 

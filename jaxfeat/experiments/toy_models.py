@@ -358,6 +358,59 @@ def figures(settings: Settings, out: Path, figures_dir: Path, keep: dict) -> lis
     return paths
 
 
+SWEEPS = ("neurons", "families", "ablations")
+
+
+def run_all(settings: Settings, out: Path, figures_dir: Path, *, fresh: bool = False) -> list[Path]:
+    """Runs the three sweeps into ``out`` (resuming rows already there unless ``fresh``) and
+    draws the figures into ``figures_dir``; returns the figure paths."""
+    config = dataclasses.asdict(settings)
+    stores = {
+        name: ResultsStore(Path(out) / f"{name}.json", name, config=config, fresh=fresh)
+        for name in SWEEPS
+    }
+    keep: dict = {}
+    neurons(settings, stores["neurons"])
+    families(settings, stores["families"], keep)
+    ablations(settings, stores["ablations"])
+    return figures(settings, Path(out), Path(figures_dir), keep)
+
+
+# What a rerun must reproduce: the integer counts exactly, the losses to this relative tolerance
+# (training is seeded, but float reductions may differ between machines).
+_COUNTS = ("family_size", "subfamily_size", "required_k", "required_lower_bound", "affine_rank")
+_LOSSES = ("trained_kl", "fit_kl", "bound_kl", "family_kl", "class_gap_kl")
+RELATIVE_TOL = 0.1
+
+
+def compare(reference: Path, run: Path) -> str:
+    """One line per sweep: how many rows of ``run`` agree with ``reference`` (same counts, losses
+    within 10% or 1e-6 nats), are new, or are missing."""
+    lines = []
+    for sweep in SWEEPS:
+        ref = {
+            r["id"]: r for r in (load(Path(reference) / f"{sweep}.json") or {"rows": []})["rows"]
+        }
+        new = {r["id"]: r for r in (load(Path(run) / f"{sweep}.json") or {"rows": []})["rows"]}
+
+        def same(a, b):
+            counts = all(a.get(k) == b.get(k) for k in _COUNTS)
+            losses = all(
+                a.get(k) is None
+                or b.get(k) is None
+                or abs(a[k] - b[k]) <= max(RELATIVE_TOL * abs(a[k]), 1e-6)
+                for k in _LOSSES
+            )
+            return counts and losses
+
+        agree = sum(same(ref[i], new[i]) for i in new if i in ref)
+        lines.append(
+            f"{sweep}: {len(new)} rows, {agree} agree, {len(set(new) - set(ref))} new, "
+            f"{len(set(ref) - set(new))} missing"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None, repo: Path | None = None) -> Path:
     """Runs the sweeps (resuming earlier results) and draws the figures; returns the results
     directory. ``repo`` is where ``benchmarks/results`` and ``figures`` live (default: the
@@ -375,17 +428,8 @@ def main(argv: list[str] | None = None, repo: Path | None = None) -> Path:
     repo = repo or Path.cwd()
     out = args.out or (scratch or repo / "benchmarks" / "results") / f"toy_models_{settings.mode}"
     figures_dir = args.figures or (scratch / "figures" if scratch else repo / "figures")
-    config = dataclasses.asdict(settings)
-    stores = {
-        name: ResultsStore(out / f"{name}.json", name, config=config, fresh=args.fresh)
-        for name in ("neurons", "families", "ablations")
-    }
-    keep: dict = {}
     start = time.perf_counter()
-    neurons(settings, stores["neurons"])
-    families(settings, stores["families"], keep)
-    ablations(settings, stores["ablations"])
-    for path in figures(settings, out, figures_dir, keep):
+    for path in run_all(settings, out, figures_dir, fresh=args.fresh):
         print(f"figure {path}", file=sys.stderr)
     print(f"done in {time.perf_counter() - start:.0f} s; results in {out}", file=sys.stderr)
     return out

@@ -25,7 +25,7 @@ def _run(tmp_path, counter, **kw):
         settings=TINY,
         counter=counter,
         progress=False,
-        **kw,
+        **{"toy": False, **kw},
     )
 
 
@@ -78,3 +78,20 @@ def test_reproduce_reuse_is_explicit_and_computes_nothing(tmp_path, capsys, monk
     assert counter.calls == 0
     assert "NOTHING IS RECOMPUTED" in capsys.readouterr().out
     assert (tmp_path / "figs" / "feature_count_oscillations.png").exists()
+
+
+def test_reproduce_runs_and_compares_the_toy_models(tmp_path, capsys, monkeypatch):
+    # The toy sweeps themselves are tested in test_toy_models.py; here: reproduce calls them on
+    # the mode's preset, into its own run directory, and compares with their reference.
+    monkeypatch.setattr("jaxfeat.fit_ks", fake_fit_ks)
+    monkeypatch.setattr(cli.plots, "plot_all", lambda *a: [])
+    calls = []
+    monkeypatch.setattr(
+        cli.toy_models, "run_all", lambda settings, out, figs: calls.append((settings, out)) or []
+    )
+    monkeypatch.setattr(cli.toy_models, "compare", lambda ref, run: f"compared {run}")
+    assert _run(tmp_path, FakeCounter(), toy=True) == 0
+    assert calls == [(cli.toy_models.QUICK, tmp_path / "run" / "toy_models")]
+    out = capsys.readouterr().out
+    assert "Trained toy models against the reference" in out
+    assert f"compared {tmp_path / 'run' / 'toy_models'}" in out

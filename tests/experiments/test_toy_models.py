@@ -34,3 +34,26 @@ def test_toy_models_smoke(tmp_path):
     before = (out / "neurons.json").read_text()
     main(["--smoke", "--out", str(tmp_path / "res"), "--figures", str(tmp_path)])
     assert json.loads((out / "neurons.json").read_text())["rows"] == json.loads(before)["rows"]
+
+
+def test_compare_counts_agreeing_new_and_missing_rows(tmp_path):
+    from jaxfeat.experiments import toy_models
+    from jaxfeat.experiments.store import ResultsStore
+
+    def write(folder, rows):
+        store = ResultsStore(folder / "families.json", "families", record_environment=False)
+        store.add_many(rows)
+
+    base = {"family_size": 5, "required_k": 4, "family_kl": 1e-3}
+    write(tmp_path / "ref", [{"id": "a", **base}, {"id": "b", **base}, {"id": "gone", **base}])
+    write(
+        tmp_path / "run",
+        [
+            {"id": "a", **base, "family_kl": 1.05e-3},  # within 10%: agrees
+            {"id": "b", **base, "family_size": 6},  # a different count: disagrees
+            {"id": "new", **base},
+        ],
+    )
+    text = toy_models.compare(tmp_path / "ref", tmp_path / "run")
+    assert "families: 3 rows, 1 agree, 1 new, 1 missing" in text
+    assert "neurons: 0 rows, 0 agree, 0 new, 0 missing" in text
