@@ -165,9 +165,11 @@ def _background(rng, n: int, seq_len: int, corpus: Corpus) -> np.ndarray:
     tag_cum = np.cumsum(TAG_NEXT)
     after_tag = np.zeros(n, bool)
     for pos in range(seq_len - 2):
-        state = (rng.random((n, 1)) > cum[state]).sum(axis=1).clip(0, corpus.filler.size - 1)
-        token = corpus.filler[state]
+        step = (rng.random((n, 1)) > cum[state]).sum(axis=1).clip(0, corpus.filler.size - 1)
         start_tag = (rng.random(n) < corpus.tag_rate) & ~after_tag & (pos < seq_len - 3)
+        # The chain waits while a tag and its next token are written: the filler stays Markov.
+        state = np.where(start_tag | after_tag, state, step)
+        token = corpus.filler[state]
         token = np.where(start_tag, corpus.tag, token)
         follow = (rng.random((n, 1)) > tag_cum).sum(axis=1).clip(0, 2)
         token = np.where(after_tag, corpus.tag_next[follow], token)

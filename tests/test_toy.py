@@ -149,3 +149,11 @@ def test_bad_arguments(corpus):
         toy.train(corpus, d_mlp=2, d_model=10, n_heads=3)
     with pytest.raises(ValueError, match="architecture='gated'"):
         toy.train_sae(np.zeros((8, 4)), d_sae=4, architecture="gated")
+
+
+def test_samples_have_fresh_backgrounds(corpus):
+    # With attention the cue reads its background: samples at one latent value must differ, or
+    # an SAE trained on them would see only one point per grid value.
+    samples = untrained(corpus, attention=True).mlp_out(64, seed=2)
+    levels = np.unique(samples["t"]).size
+    assert np.unique(samples["resid"].round(5), axis=0).shape[0] > levels

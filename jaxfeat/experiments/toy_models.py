@@ -17,8 +17,9 @@ Three sweeps, each a resumable results file in ``benchmarks/results/toy_models_<
 - ``ablations``: attention and a final LayerNorm on a narrow model: how far its curve leaves the
   ``d_mlp + 1``-feature class (mean KL from the best such fit of its own curve).
 
-Figures go to ``figures/`` (``--figures``): trained loss against the bracket, family size against
-the required count, and one family drawn with ``plot_family``.
+Wall times (``wall_s``, ``steps_per_s``, ``model_wall_s``) include the compilation of each new
+shape. Figures go to ``figures/`` (``--figures``): trained loss against the bracket, family size
+against the required count, and one family drawn with ``plot_family``.
 """
 
 from __future__ import annotations
@@ -177,7 +178,10 @@ def neurons(settings: Settings, store: ResultsStore) -> None:
                 "id": rid,
                 **key,
                 "trained_kl": mean_kl(target.probs, curve),
-                "bound_kl": float(bounds[name][k - 1]) if k <= settings.k_max else None,
+                # The bound holds for the d_mlp + 1 feature class: one layer, linear latent.
+                "bound_kl": float(bounds[name][k - 1])
+                if k <= settings.k_max and layers == 1 and latent == "linear"
+                else None,
                 "fit_kl": float(fit.mean_kl),
                 "affine_rank": int(jaxfeat.affine_rank(own)),
                 "final_loss": float(model.losses[-100:].mean()),
@@ -319,7 +323,7 @@ def figures(settings: Settings, out: Path, figures_dir: Path, keep: dict) -> lis
                 [r["trained_kl"] for r in extra],
                 marker,
                 ls="none",
-                label=f"{layers} layer(s), {latent} latent",
+                label=f"{layers} layer(s), {latent} latent (outside the class)",
             )
         ax.set(
             title=f"{name}: trained loss inside the bracket",
@@ -333,15 +337,21 @@ def figures(settings: Settings, out: Path, figures_dir: Path, keep: dict) -> lis
     fig = Figure(figsize=(6, 4.6), layout="constrained")
     ax = fig.subplots()
     for i, name in enumerate(settings.targets):
-        mine = [r for r in rows if r["target"] == name]
-        jitter = np.linspace(-0.15, 0.15, max(len(mine), 1))
-        ax.scatter(
-            [r["required_k"] + j for r, j in zip(mine, jitter, strict=True)],
-            [r["family_size"] for r in mine],
-            color=f"C{i}",
-            label=name,
-        )
-    top = max([r["family_size"] for r in rows] + [r["required_k"] or 1 for r in rows]) + 1
+        for arch, marker in (("standard", "o"), ("topk", "^")):
+            mine = [r for r in rows if r["target"] == name and r["sae"] == arch]
+            jitter = np.linspace(-0.15, 0.15, max(len(mine), 1))
+            ax.scatter(
+                [
+                    (r["required_k"] or settings.k_max) + j
+                    for r, j in zip(mine, jitter, strict=True)
+                ],
+                [r["family_size"] for r in mine],
+                color=f"C{i}",
+                marker=marker,
+                label=f"{name}, {'L1' if arch == 'standard' else 'TopK'} SAEs",
+            )
+    top = max([r["family_size"] for r in rows] + [r["required_k"] or settings.k_max for r in rows])
+    top += 1
     ax.plot([0, top], [0, top], "k:", lw=1, label="family = required")
     ax.set(
         title="SAE family size against the required count",
