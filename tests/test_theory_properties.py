@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given, note
+from hypothesis import assume, given, note
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -455,6 +455,9 @@ def test_one_feature_targets_are_accepted(V, seed, power):
     t = np.linspace(-1.0, 1.0, 64)
     lv, c, w, b = random_relu(rng, 1, V, knot_range=1.5)
     z = c + np.maximum(np.outer(t, w) + b, 0.0) @ lv
+    # The sup-norm check clips log-probabilities LOG_DEPTH (30) nats below each row's maximum,
+    # and float32 keeps no digits that deep: a path that dives further is not affine as stored.
+    assume(np.ptp(z, axis=1).max() < 25.0)
     assert not verdict_violation(target_from(t, z), 1e-3, "relu", expect=True)
     a = np.cumsum(rng.exponential(size=len(t))) ** power  # any monotone activation
     z = c + np.outer(a / a.max(), lv[0])
