@@ -40,4 +40,4 @@ def test_sae_example_runs_on_a_planted_family(tmp_path, monkeypatch, capsys):
     np.testing.assert_allclose(fam.target.probs, fam.reference, rtol=1e-5, atol=1e-7)
     first = out.splitlines()[0]
     assert set(map(int, re.findall(r"\d+", first[: first.index("]")]))) == set(case.members)
-    assert "certified bracket" in out and (tmp_path / "family.png").stat().st_size > 10_000
+    assert "certified bracket" in out and (tmp_path / "family.svg").stat().st_size > 10_000
