@@ -232,7 +232,7 @@ def spd_solve(H, g):
 def knot_density(u, p):
     """Curvature density g^(1/5), g = Var_p(z''), the optimal free-knot density for mean KL.
 
-    The same density as :func:`jaxfeat.predicted_features` integrates (THEORY.md); here it only
+    The same density as :func:`jaxfeat.predicted_features` integrates; here it only
     places knots, so a floor of 5% of its mean keeps flat stretches from getting none.
     """
     z = clipped_log_probs(p)
