@@ -260,16 +260,32 @@ class ToyModel:
         )
 
     def save(self, path: str | Path) -> None:
-        """Weights to ``weights.safetensors`` and the config to ``config.json`` in ``path``, each
-        written atomically; :func:`jaxfeat.toy.load_params` reads them back."""
+        """Weights to ``weights.safetensors``, the config to ``config.json`` and the loss curve
+        to ``training.json`` in ``path``, each written atomically. :func:`jaxfeat.toy.load_model`
+        reads the model back (given its corpus), :func:`jaxfeat.toy.load_params` the weights.
+
+        Example:
+          >>> import tempfile, jaxfeat
+          >>> from jaxfeat import toy
+          >>> corpus = toy.make_corpus(jaxfeat.targets.temperature(n=4), n_docs=64)
+          >>> model = toy.train(corpus, d_mlp=2, steps=2, progress=False)
+          >>> with tempfile.TemporaryDirectory() as d:
+          ...     model.save(d)
+          ...     toy.load_model(d, corpus).config == model.config
+          True
+        """
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         flat = {name: np.asarray(v) for name, v in _named_leaves(self.params)}
         config = json.dumps(self.config._asdict(), indent=2)
+        training = json.dumps(
+            {"converged": self.converged, "losses": [float(v) for v in self.losses]}
+        )
         write_atomically(
             path / "weights.safetensors", lambda tmp: safetensors.numpy.save_file(flat, tmp)
         )
         write_atomically(path / "config.json", lambda tmp: tmp.write_text(config))
+        write_atomically(path / "training.json", lambda tmp: tmp.write_text(training))
 
 
 _forward = jax.jit(apply, static_argnums=1)
@@ -301,6 +317,29 @@ def load_params(path: str | Path) -> tuple[Params, ToyConfig]:
         )
     leaves = [jnp.asarray(flat[n]) for n in names]
     return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(template), leaves), config
+
+
+def load_model(path: str | Path, corpus: Corpus) -> ToyModel:
+    """The :class:`ToyModel` saved by :meth:`ToyModel.save`, with the corpus it was trained on
+    (rebuild it with :func:`jaxfeat.toy.make_corpus` and the same arguments: corpora are
+    reproducible from their seed).
+
+    Raises:
+      ValueError: naming the file, when the weights do not match the config, or the corpus's
+        vocabulary or sequence length differ from the model's.
+    """
+    path = Path(path)
+    params, config = load_params(path)
+    if (config.vocab, config.seq_len) != (corpus.vocab, corpus.seq_len):
+        raise ValueError(
+            f"{path / 'config.json'}: the model has vocab={config.vocab}, seq_len="
+            f"{config.seq_len}, but corpus has vocab={corpus.vocab}, seq_len={corpus.seq_len}; "
+            "pass the corpus the model was trained on."
+        )
+    training = path / "training.json"
+    record = json.loads(training.read_text()) if training.exists() else {}
+    losses = np.asarray(record.get("losses", []), np.float64)
+    return ToyModel(params, config, corpus, losses, bool(record.get("converged", False)))
 
 
 def train(

@@ -3,8 +3,8 @@
 - :func:`make_corpus`, :class:`Corpus`: documents whose cue is followed by a token drawn from a
   :class:`jaxfeat.Target`'s p(t), with background text (a Markov chain and the ``</p>`` context).
 - :func:`train`, :class:`ToyModel`, :class:`ToyConfig`, :func:`apply`, :func:`init_params`,
-  :func:`load_params`: the transformer (1 or 2 layers, attention and a final LayerNorm optional)
-  as weights plus pure functions, trained with AdamW.
+  :func:`load_params`, :func:`load_model`: the transformer (1 or 2 layers, attention and a
+  final LayerNorm optional) as weights plus pure functions, trained with AdamW.
 - :func:`train_sae`: standard, TopK or JumpReLU SAEs trained on the model's MLP outputs.
 
 >>> import jaxfeat
@@ -19,6 +19,7 @@ from ._toy import ToyConfig as ToyConfig
 from ._toy import ToyModel as ToyModel
 from ._toy import apply as apply
 from ._toy import init_params as init_params
+from ._toy import load_model as load_model
 from ._toy import load_params as load_params
 from ._toy import train as train
 from ._toy import train_sae as train_sae

@@ -110,6 +110,13 @@ def test_weights_round_trip(tmp_path, trained):
     assert config == trained.config
     for a, b in zip(jax.tree.leaves(trained.params), jax.tree.leaves(params), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    loaded = toy.load_model(tmp_path, trained.corpus)
+    np.testing.assert_array_equal(loaded.losses, trained.losses)
+    assert loaded.converged == trained.converged
+    np.testing.assert_array_equal(loaded.curve(n_contexts=2), trained.curve(n_contexts=2))
+    other = toy.make_corpus(jaxfeat.targets.tuning_curves(8, n=8, width=0.15), n_docs=8)
+    with pytest.raises(ValueError, match="pass the corpus the model was trained on"):
+        toy.load_model(tmp_path, other)
     (tmp_path / "config.json").write_text(
         (tmp_path / "config.json").read_text().replace('"n_layers": 1', '"n_layers": 2')
     )

@@ -72,7 +72,7 @@ def reproduce(
         paths = plots.plot_all(ref, figs)
         toy_ref = Path(TOY_REFERENCE_DIR.format(mode=mode))
         if toy and (toy_ref / "neurons.json").exists():
-            paths += toy_models.figures(toy_settings, toy_ref, figs, {})
+            paths += toy_models.figures(toy_settings, toy_ref, figs)
         _report_figures(paths)
         return 0
     run = Path(out or RUN_DIR.format(mode=mode))
@@ -90,6 +90,7 @@ def reproduce(
             sweeps.results_path(run, sweep).unlink(missing_ok=True)
         for sweep in toy_models.SWEEPS:
             (run / "toy_models" / f"{sweep}.json").unlink(missing_ok=True)
+        (run / "toy_models" / toy_models.EXAMPLE_RECORD).unlink(missing_ok=True)
     atomic_write_json(run / _MARKER, {"mode": mode, "status": "running", "started": time.time()})
     print(
         f"jaxfeat reproduce ({mode} mode): "

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 import tempfile
 import time
@@ -38,7 +39,7 @@ import jaxfeat.sae as js
 from jaxfeat import targets, toy
 
 from .plots import save
-from .store import ResultsStore, load, row_id
+from .store import ResultsStore, atomic_write_json, load, row_id
 
 TARGETS = {
     "temperature": lambda n: targets.temperature(n=n),
@@ -65,6 +66,7 @@ class Settings:
     sae_sizes: tuple[int, ...]
     sae_l1s: tuple[float, ...]
     sae_ks: tuple[int, ...]
+    sae_l0s: tuple[float, ...]  # JumpReLU L0 coefficients
     sae_samples: int
     sae_steps: int
     ablation_d_mlp: int
@@ -85,6 +87,7 @@ QUICK = Settings(
     sae_sizes=(16, 64),
     sae_l1s=(3e-3,),
     sae_ks=(3,),
+    sae_l0s=(1e-2,),
     sae_samples=8192,
     sae_steps=3000,
     ablation_d_mlp=4,
@@ -99,9 +102,10 @@ FULL = dataclasses.replace(
     d_mlps=(1, 2, 4, 8, 16, 32),
     depth_d_mlps=(2, 4, 8),
     width=64,
-    sae_sizes=(16, 32, 64, 128),
+    sae_sizes=(16, 64, 128),
     sae_l1s=(1e-3, 3e-3, 1e-2),
     sae_ks=(2, 4),
+    sae_l0s=(3e-3, 3e-2),
     fit_restarts=16,
     k_max=48,
 )
@@ -134,10 +138,13 @@ def mean_kl(p: np.ndarray, q: np.ndarray) -> float:
     return float(np.mean(np.sum(np.where(p > 0, p * logs, 0.0), axis=1)))
 
 
-def _train(settings: Settings, name: str, seed: int, **options) -> tuple[toy.ToyModel, float]:
+def _corpus(settings: Settings, name: str, seed: int, latent: str = "linear") -> toy.Corpus:
     target = TARGETS[name](settings.n)
-    latent = options.pop("latent", "linear")
-    corpus = toy.make_corpus(target, latent=latent, n_docs=settings.n_docs, seed=seed)
+    return toy.make_corpus(target, latent=latent, n_docs=settings.n_docs, seed=seed)
+
+
+def _train(settings: Settings, name: str, seed: int, **options) -> tuple[toy.ToyModel, float]:
+    corpus = _corpus(settings, name, seed, options.pop("latent", "linear"))
     start = time.perf_counter()
     model = toy.train(corpus, steps=settings.steps, seed=seed, progress=False, **options)
     return model, time.perf_counter() - start
@@ -194,9 +201,43 @@ def neurons(settings: Settings, store: ResultsStore) -> None:
         print(f"neurons {rid}: trained {store.rows[-1]['trained_kl']:.2e}", file=sys.stderr)
 
 
-def families(settings: Settings, store: ResultsStore, keep: dict) -> None:
-    sae_specs = [("standard", size, l1) for size in settings.sae_sizes for l1 in settings.sae_l1s]
-    sae_specs += [("topk", size, k) for size in settings.sae_sizes for k in settings.sae_ks]
+_SPARSITY = {"standard": "l1", "topk": "k", "jumprelu": "l0"}
+# The example family's files, relative to the results directory: model/, sae/ and this record.
+EXAMPLE_RECORD = "example/example.json"
+
+
+def _sae_specs(settings: Settings) -> list[tuple[str, int, float]]:
+    """(architecture, d_sae, sparsity coefficient) of every SAE trained on each model."""
+    grids = {"standard": settings.sae_l1s, "topk": settings.sae_ks, "jumprelu": settings.sae_l0s}
+    return [(arch, size, sp) for arch in grids for size in settings.sae_sizes for sp in grids[arch]]
+
+
+def _example(settings: Settings) -> tuple[str, int, tuple[str, int, float]]:
+    """The (target, seed, SAE) whose family ``toy_family.png`` draws: a TopK SAE (its families
+    are small enough to read) of the widest size on the two-period oscillation."""
+    name = "oscillating_2" if "oscillating_2" in settings.targets else settings.targets[0]
+    return name, settings.seeds[0], ("topk", settings.sae_sizes[-1], settings.sae_ks[-1])
+
+
+def _family(sae: js.SAE, samples: dict, target: jaxfeat.Target, tol: float) -> js.FeatureFamily:
+    return js.feature_family(
+        sae,
+        samples["resid"],
+        samples["t"],
+        samples["W_U"],
+        tokens=np.arange(target.vocab),
+        tol=tol,
+        reference=samples["probs"],
+        count=False,
+    )
+
+
+def families(settings: Settings, store: ResultsStore) -> None:
+    """Also saves the example model and SAE (:func:`_example`) under ``example/`` beside the
+    results, so that the family figure can be redrawn from the files."""
+    sae_specs = _sae_specs(settings)
+    example = _example(settings)
+    example_dir = store.path.parent / "example"
     for name in settings.targets:
         for seed in settings.seeds:
             rids = [
@@ -218,24 +259,27 @@ def families(settings: Settings, store: ResultsStore, keep: dict) -> None:
             for rid, (arch, size, sparsity) in zip(rids, sae_specs, strict=True):
                 if store.done(rid):
                     continue
-                options = {"l1": sparsity} if arch == "standard" else {"k": int(sparsity)}
+                value = int(sparsity) if arch == "topk" else sparsity
+                start = time.perf_counter()
                 sae = toy.train_sae(
-                    x, d_sae=size, architecture=arch, steps=settings.sae_steps, seed=seed, **options
+                    x,
+                    d_sae=size,
+                    architecture=arch,
+                    steps=settings.sae_steps,
+                    seed=seed,
+                    **{_SPARSITY[arch]: value},
                 )
+                sae_wall = time.perf_counter() - start
                 f = np.asarray(js.encode(sae, x))
                 recon = np.asarray(js.decode(sae, f))
                 fvu = float(np.sum((recon - x) ** 2) / np.sum((x - x.mean(0)) ** 2))
-                fam = js.feature_family(
-                    sae,
-                    x,
-                    samples["t"],
-                    samples["W_U"],
-                    tokens=np.arange(target.vocab),
-                    tol=tol,
-                    reference=samples["probs"],
-                    count=False,
-                )
-                keep.setdefault("family", (fam, name))
+                fam = _family(sae, samples, target, tol)
+                if (name, seed, (arch, size, sparsity)) == example:
+                    model.save(example_dir / "model")
+                    js.save_saelens(sae, example_dir / "sae", metadata={"row": rid})
+                    meta = {"id": rid, "target": name, "seed": seed, "model_kl": tol}
+                    # Written last: its presence means the example is complete.
+                    atomic_write_json(store.path.parent / EXAMPLE_RECORD, meta)
                 store.add(
                     {
                         "id": rid,
@@ -246,6 +290,7 @@ def families(settings: Settings, store: ResultsStore, keep: dict) -> None:
                         "sparsity": sparsity,
                         "model_kl": tol,
                         "model_wall_s": wall,
+                        "model_converged": model.converged,
                         "required_k": req.k,
                         "required_lower_bound": req.lower_bound,
                         "family_size": int(fam.members.size),
@@ -256,6 +301,7 @@ def families(settings: Settings, store: ResultsStore, keep: dict) -> None:
                         "family_search": fam.search,
                         "sae_fvu": fvu,
                         "sae_l0": float((f > 0).sum(1).mean()),
+                        "sae_wall_s": sae_wall,
                     }
                 )
                 print(
@@ -290,7 +336,7 @@ def ablations(settings: Settings, store: ResultsStore) -> None:
                 )
 
 
-def figures(settings: Settings, out: Path, figures_dir: Path, keep: dict) -> list[Path]:
+def figures(settings: Settings, out: Path, figures_dir: Path) -> list[Path]:
     from matplotlib.figure import Figure
 
     paths = []
@@ -336,9 +382,12 @@ def figures(settings: Settings, out: Path, figures_dir: Path, keep: dict) -> lis
     rows = load(out / "families.json")["rows"]
     fig = Figure(figsize=(6, 4.6), layout="constrained")
     ax = fig.subplots()
+    labels = {"standard": "L1", "topk": "TopK", "jumprelu": "JumpReLU"}
     for i, name in enumerate(settings.targets):
-        for arch, marker in (("standard", "o"), ("topk", "^")):
+        for arch, marker in (("standard", "o"), ("topk", "^"), ("jumprelu", "s")):
             mine = [r for r in rows if r["target"] == name and r["sae"] == arch]
+            if not mine:
+                continue
             jitter = np.linspace(-0.15, 0.15, max(len(mine), 1))
             ax.scatter(
                 [
@@ -348,7 +397,7 @@ def figures(settings: Settings, out: Path, figures_dir: Path, keep: dict) -> lis
                 [r["family_size"] for r in mine],
                 color=f"C{i}",
                 marker=marker,
-                label=f"{name}, {'L1' if arch == 'standard' else 'TopK'} SAEs",
+                label=f"{name}, {labels[arch]} SAEs",
             )
     top = max([r["family_size"] for r in rows] + [r["required_k"] or settings.k_max for r in rows])
     top += 1
@@ -360,10 +409,18 @@ def figures(settings: Settings, out: Path, figures_dir: Path, keep: dict) -> lis
     )
     ax.legend(fontsize=7)
     paths.append(save(fig, figures_dir / "toy_family_vs_required.png"))
-    if "family" in keep:
-        fam, name = keep["family"]
+    record = out / EXAMPLE_RECORD
+    if record.exists():
+        example = json.loads(record.read_text())
+        name, seed = example["target"], example["seed"]
+        model = toy.load_model(out / "example" / "model", _corpus(settings, name, seed))
+        sae = js.load_saelens(out / "example" / "sae")
+        target = model.corpus.target
+        samples = model.mlp_out(settings.sae_samples, seed=seed + 1)
+        fam = _family(sae, samples, target, example["model_kl"])
         unit = "temperature (°C)" if name.startswith("temperature") else "latent t (grid units)"
-        fig = js.plot_family(fam, latent_name=unit)
+        fig = js.plot_family(fam, latent_name=unit, token_names=target.tokens)
+        fig.suptitle(f"{name}, seed {seed}: the latent's family in one SAE ({example['id']})")
         paths.append(save(fig, figures_dir / "toy_family.png"))
     return paths
 
@@ -375,15 +432,16 @@ def run_all(settings: Settings, out: Path, figures_dir: Path, *, fresh: bool = F
     """Runs the three sweeps into ``out`` (resuming rows already there unless ``fresh``) and
     draws the figures into ``figures_dir``; returns the figure paths."""
     config = dataclasses.asdict(settings)
+    if fresh:
+        (Path(out) / EXAMPLE_RECORD).unlink(missing_ok=True)
     stores = {
         name: ResultsStore(Path(out) / f"{name}.json", name, config=config, fresh=fresh)
         for name in SWEEPS
     }
-    keep: dict = {}
     neurons(settings, stores["neurons"])
-    families(settings, stores["families"], keep)
+    families(settings, stores["families"])
     ablations(settings, stores["ablations"])
-    return figures(settings, Path(out), Path(figures_dir), keep)
+    return figures(settings, Path(out), Path(figures_dir))
 
 
 # What a rerun must reproduce: the integer counts exactly, the losses to this relative tolerance

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+from jaxfeat.experiments import toy_models
 from jaxfeat.experiments.toy_models import main
 
 
@@ -28,8 +29,15 @@ def test_toy_models_smoke(tmp_path):
         (True, False),
         (False, True),
     }
+    families = json.loads((out / "families.json").read_text())["rows"]
+    assert {r["sae"] for r in families} == {"standard", "topk", "jumprelu"}
     for name in ("toy_trained_vs_bracket", "toy_family_vs_required", "toy_family"):
         _assert_png(tmp_path / f"{name}.png")
+    # The example family is redrawn from its saved model and SAE alone.
+    example = json.loads((out / toy_models.EXAMPLE_RECORD).read_text())
+    assert example["id"] in {r["id"] for r in families}
+    toy_models.figures(toy_models.SMOKE, out, tmp_path / "again")
+    _assert_png(tmp_path / "again" / "toy_family.png")
     # Resuming recomputes nothing: a second run finds every row done.
     before = (out / "neurons.json").read_text()
     main(["--smoke", "--out", str(tmp_path / "res"), "--figures", str(tmp_path)])
@@ -37,7 +45,6 @@ def test_toy_models_smoke(tmp_path):
 
 
 def test_compare_counts_agreeing_new_and_missing_rows(tmp_path):
-    from jaxfeat.experiments import toy_models
     from jaxfeat.experiments.store import ResultsStore
 
     def write(folder, rows):
