@@ -82,6 +82,23 @@ class Corpus:
             out[:, self.cue_position] = self.scaled(np.asarray(self.target.t)[level])
         return out
 
+    def counts(self) -> np.ndarray:
+        """(T, V) how often each of the target's tokens follows the cue at each grid point: the
+        training data's own curve (``jaxfeat.Target.from_counts(target.t, corpus.counts())``),
+        which is all a model trained on this corpus sees of p(t).
+
+        Example:
+          >>> import jaxfeat
+          >>> c = make_corpus(jaxfeat.targets.temperature(n=4), n_docs=100)
+          >>> int(c.counts().sum())
+          100
+        """
+        T, V = self.target.num_points, self.target.vocab
+        nxt = self.tokens[:, self.cue_position + 1].astype(np.int64)
+        out = np.zeros((T, V), np.int64)
+        np.add.at(out, (self.level, nxt), 1)
+        return out
+
     def contexts(self, n: int, seed: int) -> np.ndarray:
         """(n, L) fresh documents' background (positions before the cue are filled; the cue and
         its next token are left for the caller)."""

@@ -35,6 +35,17 @@ def test_next_tokens_follow_the_target(corpus):
     assert _frequency_check(corpus, other) > 10.0
 
 
+def test_counts_are_the_next_tokens_at_the_cue(corpus):
+    counts = corpus.counts()
+    assert counts.shape == (TARGET.num_points, TARGET.vocab)
+    np.testing.assert_array_equal(
+        counts.sum(1), np.bincount(corpus.level, minlength=TARGET.num_points)
+    )
+    level = 3
+    nxt = corpus.tokens[corpus.level == level, corpus.cue_position + 1]
+    np.testing.assert_array_equal(counts[level], np.bincount(nxt, minlength=TARGET.vocab))
+
+
 def test_layout_and_latent_input(corpus):
     V = TARGET.vocab
     assert corpus.tokens.shape == (40_000, 12) and corpus.tokens.dtype == np.int32
