@@ -345,77 +345,112 @@ def ablations(settings: Settings, store: ResultsStore) -> None:
 
 
 def figures(settings: Settings, out: Path, figures_dir: Path) -> list[Path]:
+    import matplotlib.ticker
     from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
 
     paths = []
     rows = load(out / "neurons.json")["rows"]
-    fig = Figure(figsize=(5 * len(settings.targets), 4.2), layout="constrained")
-    axes = np.atleast_1d(fig.subplots(1, len(settings.targets)))
-    for ax, name in zip(axes, settings.targets, strict=True):
-        one = sorted(
-            (
-                r
-                for r in rows
-                if r["target"] == name and r["n_layers"] == 1 and r["latent"] == "linear"
-            ),
-            key=lambda r: r["d_mlp"],
-        )
-        k = [r["d_mlp"] + 1 for r in one]
-        ax.semilogy(k, [r["trained_kl"] for r in one], "o-", label="trained model (SGD)")
-        ax.semilogy(k, [r["fit_kl"] for r in one], "s--", label="jaxfeat fit, same k")
-        ax.semilogy(
-            k, [max(r["bound_kl"] or 0, 1e-9) for r in one], "v:", label="certified lower bound"
-        )
-        for layers, latent, marker in ((2, "linear", "^"), (1, "token", "D")):
-            extra = [
-                r
-                for r in rows
-                if r["target"] == name and r["n_layers"] == layers and r["latent"] == latent
-            ]
-            ax.semilogy(
-                [r["d_mlp"] + 1 for r in extra],
-                [r["trained_kl"] for r in extra],
-                marker,
-                ls="none",
-                label=f"{layers} layer(s), {latent} latent (outside the class)",
+    n = len(settings.targets)
+    cols = min(n, 4)
+    fig = Figure(figsize=(4.6 * cols, 4.0 * -(-n // cols)), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(-(-n // cols), cols, squeeze=False).ravel())
+    for ax in axes[n:]:
+        ax.set_axis_off()
+    spread = len(settings.seeds) > 1
+    for ax, name in zip(axes, settings.targets, strict=False):
+        mine = [r for r in rows if r["target"] == name]
+        curves = [
+            ((1, "linear"), "trained_kl", "o-", "trained model (SGD)"),
+            ((1, "linear"), "fit_kl", "s--", "jaxfeat fit to p(t), same k"),
+            ((1, "linear"), "data_fit_kl", "x-.", "jaxfeat fit to the corpus's samples"),
+            ((1, "linear"), "bound_kl", "v:", "certified lower bound"),
+            ((2, "linear"), "trained_kl", "^", "2 layers, linear latent (outside the class)"),
+            ((1, "token"), "trained_kl", "D", "1 layer, token latent (outside the class)"),
+        ]
+        ticks: set[int] = set()
+        for (layers, latent), field, style, label in curves:
+            by_x: dict[int, list[float]] = {}
+            for r in mine:
+                if (r["n_layers"], r["latent"]) == (layers, latent) and r.get(field) is not None:
+                    # Zero bounds drawn at 1e-9 so the log axis keeps them.
+                    by_x.setdefault(r["d_mlp"] * layers + 1, []).append(max(r[field], 1e-9))
+            if not by_x:
+                continue
+            x = sorted(by_x)
+            ticks.update(x)
+            med = np.array([np.median(by_x[v]) for v in x])
+            lo = med - np.array([min(by_x[v]) for v in x])
+            hi = np.array([max(by_x[v]) for v in x]) - med
+            ax.errorbar(
+                x, med, yerr=[lo, hi] if spread else None, fmt=style, capsize=2, label=label, ms=4
             )
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xticks(sorted(ticks), [str(v) for v in sorted(ticks)])
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
         ax.set(
-            title=f"{name}: trained loss inside the bracket",
-            xlabel="features d_mlp + 1 (MLP neurons + direct path)",
+            title=f"{name}: trained loss and the bracket",
+            xlabel="MLP neurons (all layers) + 1 for the direct path",
             ylabel="mean KL to the target (nats)",
         )
-        ax.legend(fontsize=7)
+    axes[0].legend(fontsize=7)
+    if spread:
+        fig.suptitle(f"median and range over seeds {list(settings.seeds)}")
     paths.append(save(fig, figures_dir / "toy_trained_vs_bracket.png"))
 
     rows = load(out / "families.json")["rows"]
-    fig = Figure(figsize=(6, 4.6), layout="constrained")
-    ax = fig.subplots()
+    archs = [a for a in ("standard", "topk", "jumprelu") if any(r["sae"] == a for r in rows)]
     labels = {"standard": "L1", "topk": "TopK", "jumprelu": "JumpReLU"}
-    for i, name in enumerate(settings.targets):
-        for arch, marker in (("standard", "o"), ("topk", "^"), ("jumprelu", "s")):
-            mine = [r for r in rows if r["target"] == name and r["sae"] == arch]
-            if not mine:
-                continue
-            jitter = np.linspace(-0.15, 0.15, max(len(mine), 1))
-            ax.scatter(
-                [
-                    (r["required_k"] or settings.k_max) + j
-                    for r, j in zip(mine, jitter, strict=True)
-                ],
-                [r["family_size"] for r in mine],
-                color=f"C{i}",
-                marker=marker,
-                label=f"{name}, {labels[arch]} SAEs",
-            )
-    top = max([r["family_size"] for r in rows] + [r["required_k"] or settings.k_max for r in rows])
-    top += 1
-    ax.plot([0, top], [0, top], "k:", lw=1, label="family = required")
-    ax.set(
-        title="SAE family size against the required count",
-        xlabel="required k for the model's own curve (features)",
-        ylabel="SAE features in the family (features)",
+    fig = Figure(figsize=(4.6 * len(archs), 4.4), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(archs), sharey=True))
+    top = 1 + max(
+        [r["family_size"] for r in rows] + [r["required_k"] or settings.k_max for r in rows]
     )
-    ax.legend(fontsize=7)
+    markers = dict(zip(settings.sae_sizes, "os^Dv", strict=False))
+    for ax, arch in zip(axes, archs, strict=True):
+        for i, name in enumerate(settings.targets):
+            for size, marker in markers.items():
+                mine = [
+                    r
+                    for r in rows
+                    if r["target"] == name and r["sae"] == arch and r["d_sae"] == size
+                ]
+                if not mine:
+                    continue
+                # Spread the points of one required k apart so that none hides another.
+                jitter = np.linspace(-0.2, 0.2, len(mine)) if len(mine) > 1 else [0.0]
+                ax.scatter(
+                    [
+                        (r["required_k"] or settings.k_max) + j
+                        for r, j in zip(mine, jitter, strict=True)
+                    ],
+                    [r["family_size"] for r in mine],
+                    color=f"C{i}",
+                    marker=marker,
+                    s=22,
+                    alpha=0.8,
+                )
+        ax.plot([0, top], [0, top], "k:", lw=1)
+        ax.set(
+            title=f"{labels[arch]} SAEs: family size against the count",
+            xlabel="required k for the model's own curve (features)",
+            ylabel="SAE features in the family (features)",
+            xlim=(0, top),
+            ylim=(0, top),
+        )
+    by_target = [
+        Line2D([], [], color=f"C{i}", marker="o", ls="none", label=name)
+        for i, name in enumerate(settings.targets)
+    ]
+    by_size = [
+        Line2D([], [], color="k", marker=m, ls="none", label=f"d_sae = {size}")
+        for size, m in markers.items()
+    ]
+    diagonal = [Line2D([], [], color="k", ls=":", label="family = required")]
+    # Below the diagonal is where a family smaller than the count would sit: mostly empty.
+    axes[0].legend(handles=by_target, fontsize=7, loc="lower right")
+    axes[-1].legend(handles=by_size + diagonal, fontsize=7, loc="lower right")
     paths.append(save(fig, figures_dir / "toy_family_vs_required.png"))
     record = out / EXAMPLE_RECORD
     if record.exists():
