@@ -32,6 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 
 import jaxfeat
@@ -281,6 +282,13 @@ def families(settings: Settings, store: ResultsStore) -> None:
                 f = np.asarray(js.encode(sae, x))
                 recon = np.asarray(js.decode(sae, f))
                 fvu = float(np.sum((recon - x) ** 2) / np.sum((x - x.mean(0)) ** 2))
+                # The spliced-in SAE's own error over the target's tokens: no family of its
+                # features can do better than all of them together (up to the refitted offset).
+                inside = slice(0, target.vocab)
+                b_U = np.asarray(model.params["b_U"])[inside]
+                spliced = jax.nn.softmax(recon @ samples["W_U"][:, inside] + b_U, axis=-1)
+                p_in = samples["probs"][:, inside]
+                sae_kl = mean_kl(p_in / p_in.sum(1, keepdims=True), np.asarray(spliced))
                 fam = _family(sae, samples, target, tol)
                 if (name, seed, (arch, size, sparsity)) == example:
                     model.save(example_dir / "model")
@@ -308,6 +316,8 @@ def families(settings: Settings, store: ResultsStore) -> None:
                         "family_kl": fam.kl,
                         "family_search": fam.search,
                         "sae_fvu": fvu,
+                        "sae_kl": sae_kl,
+                        "sae_alive": int((f > 0).any(0).sum()),
                         "sae_l0": float((f > 0).sum(1).mean()),
                         "sae_wall_s": sae_wall,
                     }
@@ -420,17 +430,26 @@ def figures(settings: Settings, out: Path, figures_dir: Path) -> list[Path]:
                     continue
                 # Spread the points of one required k apart so that none hides another.
                 jitter = np.linspace(-0.2, 0.2, len(mine)) if len(mine) > 1 else [0.0]
-                ax.scatter(
-                    [
-                        (r["required_k"] or settings.k_max) + j
-                        for r, j in zip(mine, jitter, strict=True)
-                    ],
-                    [r["family_size"] for r in mine],
-                    color=f"C{i}",
-                    marker=marker,
-                    s=22,
-                    alpha=0.8,
-                )
+                x = [
+                    (r["required_k"] or settings.k_max) + j
+                    for r, j in zip(mine, jitter, strict=True)
+                ]
+                # Filled: the smallest sub-family within the model's own error; hollow: the
+                # whole family, which misses that error.
+                for reached in (True, False):
+                    pts = [
+                        (xi, r["subfamily_size"] if reached else r["family_size"])
+                        for xi, r in zip(x, mine, strict=True)
+                        if (r["subfamily_size"] is not None) == reached
+                    ]
+                    if pts:
+                        ax.scatter(
+                            *zip(*pts, strict=True),
+                            s=24,
+                            marker=marker,
+                            facecolors=f"C{i}" if reached else "none",
+                            edgecolors=f"C{i}",
+                        )
         ax.plot([0, top], [0, top], "k:", lw=1)
         ax.set(
             title=f"{labels[arch]} SAEs: family size against the count",
@@ -447,7 +466,13 @@ def figures(settings: Settings, out: Path, figures_dir: Path) -> list[Path]:
         Line2D([], [], color="k", marker=m, ls="none", label=f"d_sae = {size}")
         for size, m in markers.items()
     ]
-    diagonal = [Line2D([], [], color="k", ls=":", label="family = required")]
+    diagonal = [
+        Line2D([], [], color="k", ls=":", label="family = required"),
+        Line2D([], [], color="k", marker="o", ls="none", label="sub-family within model error"),
+        Line2D(
+            [], [], color="k", marker="o", mfc="none", ls="none", label="whole family (misses it)"
+        ),
+    ]
     # Below the diagonal is where a family smaller than the count would sit: mostly empty.
     axes[0].legend(handles=by_target, fontsize=7, loc="lower right")
     axes[-1].legend(handles=by_size + diagonal, fontsize=7, loc="lower right")
@@ -579,7 +604,8 @@ def summary(out: Path) -> str:
             lines.append(f"  d_sae {size}: family size {_span([r['family_size'] for r in a])}")
         lines.append(
             f"  model error {_span([r['model_kl'] for r in families])} nats; family KL "
-            f"{_span([r['family_kl'] for r in families])} nats"
+            f"{_span([r['family_kl'] for r in families])} nats; the whole SAE spliced in "
+            f"{_span([r.get('sae_kl') for r in families])} nats"
         )
     ablation_rows = rows["ablations"]
     for attention, layernorm in ((False, False), (True, False), (False, True)):
