@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -279,7 +280,11 @@ class ToyModel:
         flat = {name: np.asarray(v) for name, v in _named_leaves(self.params)}
         config = json.dumps(self.config._asdict(), indent=2)
         training = json.dumps(
-            {"converged": self.converged, "losses": [float(v) for v in self.losses]}
+            {
+                "converged": self.converged,
+                "losses": [float(v) for v in self.losses],
+                "corpus_digest": _digest(self.corpus),
+            }
         )
         write_atomically(
             path / "weights.safetensors", lambda tmp: safetensors.numpy.save_file(flat, tmp)
@@ -319,14 +324,27 @@ def load_params(path: str | Path) -> tuple[Params, ToyConfig]:
     return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(template), leaves), config
 
 
+def _digest(corpus: Corpus) -> str:
+    h = hashlib.sha256()
+    for part in (corpus.tokens, corpus.level, np.asarray(corpus.target.probs, np.float64)):
+        h.update(np.ascontiguousarray(part).tobytes())
+    h.update(corpus.latent.encode())
+    return h.hexdigest()
+
+
 def load_model(path: str | Path, corpus: Corpus) -> ToyModel:
     """The :class:`ToyModel` saved by :meth:`ToyModel.save`, with the corpus it was trained on
     (rebuild it with :func:`jaxfeat.toy.make_corpus` and the same arguments: corpora are
     reproducible from their seed).
 
+    Without ``training.json`` (weights saved elsewhere), ``losses`` is empty and ``converged``
+    False.
+
     Raises:
-      ValueError: naming the file, when the weights do not match the config, or the corpus's
-        vocabulary or sequence length differ from the model's.
+      ValueError: naming the file, when the weights do not match the config, the corpus's
+        vocabulary or sequence length differ from the model's, or ``corpus`` is not the one the
+        model was trained on (``training.json`` keeps a digest of its documents, latent values
+        and target).
     """
     path = Path(path)
     params, config = load_params(path)
@@ -338,6 +356,11 @@ def load_model(path: str | Path, corpus: Corpus) -> ToyModel:
         )
     training = path / "training.json"
     record = json.loads(training.read_text()) if training.exists() else {}
+    if record.get("corpus_digest", _digest(corpus)) != _digest(corpus):
+        raise ValueError(
+            f"{training}: corpus is not the one the model was trained on (its documents, latent "
+            "values or target differ); rebuild it with make_corpus and the same arguments."
+        )
     losses = np.asarray(record.get("losses", []), np.float64)
     return ToyModel(params, config, corpus, losses, bool(record.get("converged", False)))
 

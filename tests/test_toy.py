@@ -117,6 +117,9 @@ def test_weights_round_trip(tmp_path, trained):
     other = toy.make_corpus(jaxfeat.targets.tuning_curves(8, n=8, width=0.15), n_docs=8)
     with pytest.raises(ValueError, match="pass the corpus the model was trained on"):
         toy.load_model(tmp_path, other)
+    reseeded = toy.make_corpus(TARGET, n_docs=trained.corpus.tokens.shape[0], seed=1)
+    with pytest.raises(ValueError, match="not the one the model was trained on"):
+        toy.load_model(tmp_path, reseeded)
     (tmp_path / "config.json").write_text(
         (tmp_path / "config.json").read_text().replace('"n_layers": 1', '"n_layers": 2')
     )

@@ -8,18 +8,22 @@ Three sweeps, each a resumable results file in ``benchmarks/results/toy_models_<
 - ``neurons``: MLP-only models (no attention, no LayerNorm) with the linear latent and few
   neurons. A one-layer model is exactly a ``d_mlp + 1``-feature model, so its trained mean KL to
   the target must lie above the certified bound for ``d_mlp + 1`` features; jaxfeat's own fit
-  with as many features shows how far SGD stops from the best such model. The same rows for two
-  layers and for the token presentation test the seed's depth conjecture.
-- ``families``: a one-layer transformer with attention and a wide MLP; SAEs of several sizes and
-  sparsities on the final residual stream at the cue (what the unembedding reads: with no final
-  LayerNorm the logits are exactly ``resid W_U + b_U``); the feature family of the latent at the
-  tolerance the model itself reaches, beside the required count for the model's own curve.
+  with as many features shows how far SGD stops from the best such model, and its fit to the
+  corpus's own counts (``data_fit_kl``) how far sampling noise alone moves that model. The same
+  rows for two layers and for the token presentation test the seed's depth conjecture.
+- ``families``: a one-layer transformer with attention and a wide MLP; L1, TopK and JumpReLU SAEs
+  of several sizes and sparsities on the final residual stream at the cue (what the unembedding
+  reads: with no final LayerNorm the logits are exactly ``resid W_U + b_U``); the feature family
+  of the latent at the tolerance the model itself reaches, beside the required count for the
+  model's own curve. One model and SAE (:func:`_example`) are saved under ``example/`` (the
+  model with :meth:`jaxfeat.toy.ToyModel.save`, the SAE with :func:`jaxfeat.sae.save_saelens`).
 - ``ablations``: attention and a final LayerNorm on a narrow model: how far its curve leaves the
   ``d_mlp + 1``-feature class (mean KL from the best such fit of its own curve).
 
 Wall times (``wall_s``, ``steps_per_s``, ``model_wall_s``) include the compilation of each new
 shape. Figures go to ``figures/`` (``--figures``): trained loss against the bracket, family size
-against the required count, and one family drawn with ``plot_family``.
+against the required count, and the example's family drawn with ``plot_family`` from its files.
+:func:`summary` prints the numbers behind the README's verdicts.
 """
 
 from __future__ import annotations
@@ -184,9 +188,9 @@ def neurons(settings: Settings, store: ResultsStore) -> None:
         in_class = k <= settings.k_max and layers == 1 and latent == "linear"
         data_fit_kl = None
         if in_class:
-            # The best the class reaches from the same data: fitted to the corpus's own curve,
-            # scored against p(t). Trained models see only samples, so this, not fit_kl, is
-            # what SGD can be asked to match.
+            # A sampling-noise reference: the class's maximum-likelihood fit to the corpus's
+            # own curve (what training sees), scored against p(t). Unregularised, it overfits
+            # the counts once k is large, where SGD with weight decay may do better.
             data = jaxfeat.Target.from_counts(target.t, model.corpus.counts())
             data_fit = jaxfeat.fit(data, k=k, restarts=settings.fit_restarts, key=seed)
             data_fit_kl = mean_kl(target.probs, jaxfeat.probs(data_fit.params, target.t))
@@ -223,9 +227,9 @@ def _sae_specs(settings: Settings) -> list[tuple[str, int, float]]:
 
 def _example(settings: Settings) -> tuple[str, int, tuple[str, int, float]]:
     """The (target, seed, SAE) whose family ``toy_family.png`` draws: a TopK SAE (its families
-    are small enough to read) of the widest size on the two-period oscillation."""
+    are small enough to read) of the largest size on the two-period oscillation."""
     name = "oscillating_2" if "oscillating_2" in settings.targets else settings.targets[0]
-    return name, settings.seeds[0], ("topk", settings.sae_sizes[-1], settings.sae_ks[-1])
+    return name, settings.seeds[0], ("topk", max(settings.sae_sizes), max(settings.sae_ks))
 
 
 def _family(sae: js.SAE, samples: dict, target: jaxfeat.Target, tol: float) -> js.FeatureFamily:
@@ -282,8 +286,8 @@ def families(settings: Settings, store: ResultsStore) -> None:
                 f = np.asarray(js.encode(sae, x))
                 recon = np.asarray(js.decode(sae, f))
                 fvu = float(np.sum((recon - x) ** 2) / np.sum((x - x.mean(0)) ** 2))
-                # The spliced-in SAE's own error over the target's tokens: no family of its
-                # features can do better than all of them together (up to the refitted offset).
+                # The spliced-in SAE's own error over the target's tokens, per sample (the usual
+                # SAE metric; family_kl is on bin means with a refitted offset, so may be lower).
                 inside = slice(0, target.vocab)
                 b_U = np.asarray(model.params["b_U"])[inside]
                 spliced = jax.nn.softmax(recon @ samples["W_U"][:, inside] + b_U, axis=-1)
@@ -291,9 +295,17 @@ def families(settings: Settings, store: ResultsStore) -> None:
                 sae_kl = mean_kl(p_in / p_in.sum(1, keepdims=True), np.asarray(spliced))
                 fam = _family(sae, samples, target, tol)
                 if (name, seed, (arch, size, sparsity)) == example:
+                    # The record goes first and comes back last: files without it are partial.
+                    (store.path.parent / EXAMPLE_RECORD).unlink(missing_ok=True)
                     model.save(example_dir / "model")
                     js.save_saelens(sae, example_dir / "sae", metadata={"row": rid})
-                    meta = {"id": rid, "target": name, "seed": seed, "model_kl": tol}
+                    meta = {
+                        "id": rid,
+                        "target": name,
+                        "seed": seed,
+                        "model_kl": tol,
+                        "settings": dataclasses.asdict(settings),
+                    }
                     # Written last: its presence means the example is complete.
                     atomic_write_json(store.path.parent / EXAMPLE_RECORD, meta)
                 store.add(
@@ -354,10 +366,87 @@ def ablations(settings: Settings, store: ResultsStore) -> None:
                 )
 
 
+_FAMILY_PNG = "toy_family_vs_required.png"
+
+
+def _family_figure(settings: Settings, rows: list[dict], censored: int):
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+
+    archs = [a for a in ("standard", "topk", "jumprelu") if any(r["sae"] == a for r in rows)]
+    labels = {"standard": "L1", "topk": "TopK", "jumprelu": "JumpReLU"}
+    fig = Figure(figsize=(4.6 * len(archs), 4.4), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(archs), sharey=True))
+    top = 1 + max([r["family_size"] for r in rows] + [r["required_k"] for r in rows])
+    sizes = sorted({r["d_sae"] for r in rows})
+    markers = {size: "os^Dv<>ph*"[i % 10] for i, size in enumerate(sizes)}
+    names = list(dict.fromkeys(r["target"] for r in rows))
+    for ax, arch in zip(axes, archs, strict=True):
+        for i, name in enumerate(names):
+            for size, marker in markers.items():
+                mine = [
+                    r
+                    for r in rows
+                    if r["target"] == name and r["sae"] == arch and r["d_sae"] == size
+                ]
+                if not mine:
+                    continue
+                # Spread the points of one required k apart so that none hides another.
+                jitter = np.linspace(-0.2, 0.2, len(mine)) if len(mine) > 1 else [0.0]
+                x = [r["required_k"] + j for r, j in zip(mine, jitter, strict=True)]
+                # Filled: the smallest sub-family within the model's own error; hollow: the
+                # whole family, which misses that error.
+                for reached in (True, False):
+                    pts = [
+                        (xi, r["subfamily_size"] if reached else r["family_size"])
+                        for xi, r in zip(x, mine, strict=True)
+                        if (r["subfamily_size"] is not None) == reached
+                    ]
+                    if pts:
+                        ax.scatter(
+                            *zip(*pts, strict=True),
+                            s=24,
+                            marker=marker,
+                            facecolors=f"C{i % 10}" if reached else "none",
+                            edgecolors=f"C{i % 10}",
+                        )
+        ax.plot([0, top], [0, top], "k:", lw=1)
+        ax.set(
+            title=f"{labels[arch]} SAEs: family size against the count",
+            xlabel="required k for the model's own curve (features)",
+            ylabel="SAE features in the family (features)",
+            xlim=(0, top),
+            ylim=(0, top),
+        )
+    by_target = [
+        Line2D([], [], color=f"C{i % 10}", marker="o", ls="none", label=name)
+        for i, name in enumerate(names)
+    ]
+    by_size = [
+        Line2D([], [], color="k", marker=m, ls="none", label=f"d_sae = {size}")
+        for size, m in markers.items()
+    ]
+    keys = [
+        Line2D([], [], color="k", ls=":", label="family = required"),
+        Line2D([], [], color="k", marker="o", ls="none", label="sub-family within model error"),
+        Line2D(
+            [], [], color="k", marker="o", mfc="none", ls="none", label="whole family (misses it)"
+        ),
+    ]
+    # Below the diagonal is where a family smaller than the count would sit: mostly empty.
+    if len(axes) == 1:
+        axes[0].legend(handles=by_target + by_size + keys, fontsize=7, loc="lower right")
+    else:
+        axes[0].legend(handles=by_target, fontsize=7, loc="lower right")
+        axes[-1].legend(handles=by_size + keys, fontsize=7, loc="lower right")
+    if censored:
+        fig.suptitle(f"{censored} rows whose required k exceeds k_max = {settings.k_max} not drawn")
+    return fig
+
+
 def figures(settings: Settings, out: Path, figures_dir: Path) -> list[Path]:
     import matplotlib.ticker
     from matplotlib.figure import Figure
-    from matplotlib.lines import Line2D
 
     paths = []
     rows = load(out / "neurons.json")["rows"]
@@ -409,82 +498,25 @@ def figures(settings: Settings, out: Path, figures_dir: Path) -> list[Path]:
         fig.suptitle(f"median and range over seeds {list(settings.seeds)}")
     paths.append(save(fig, figures_dir / "toy_trained_vs_bracket.png"))
 
-    rows = load(out / "families.json")["rows"]
-    archs = [a for a in ("standard", "topk", "jumprelu") if any(r["sae"] == a for r in rows)]
-    labels = {"standard": "L1", "topk": "TopK", "jumprelu": "JumpReLU"}
-    fig = Figure(figsize=(4.6 * len(archs), 4.4), layout="constrained")
-    axes = np.atleast_1d(fig.subplots(1, len(archs), sharey=True))
-    top = 1 + max(
-        [r["family_size"] for r in rows] + [r["required_k"] or settings.k_max for r in rows]
-    )
-    markers = dict(zip(settings.sae_sizes, "os^Dv", strict=False))
-    for ax, arch in zip(axes, archs, strict=True):
-        for i, name in enumerate(settings.targets):
-            for size, marker in markers.items():
-                mine = [
-                    r
-                    for r in rows
-                    if r["target"] == name and r["sae"] == arch and r["d_sae"] == size
-                ]
-                if not mine:
-                    continue
-                # Spread the points of one required k apart so that none hides another.
-                jitter = np.linspace(-0.2, 0.2, len(mine)) if len(mine) > 1 else [0.0]
-                x = [
-                    (r["required_k"] or settings.k_max) + j
-                    for r, j in zip(mine, jitter, strict=True)
-                ]
-                # Filled: the smallest sub-family within the model's own error; hollow: the
-                # whole family, which misses that error.
-                for reached in (True, False):
-                    pts = [
-                        (xi, r["subfamily_size"] if reached else r["family_size"])
-                        for xi, r in zip(x, mine, strict=True)
-                        if (r["subfamily_size"] is not None) == reached
-                    ]
-                    if pts:
-                        ax.scatter(
-                            *zip(*pts, strict=True),
-                            s=24,
-                            marker=marker,
-                            facecolors=f"C{i}" if reached else "none",
-                            edgecolors=f"C{i}",
-                        )
-        ax.plot([0, top], [0, top], "k:", lw=1)
-        ax.set(
-            title=f"{labels[arch]} SAEs: family size against the count",
-            xlabel="required k for the model's own curve (features)",
-            ylabel="SAE features in the family (features)",
-            xlim=(0, top),
-            ylim=(0, top),
-        )
-    by_target = [
-        Line2D([], [], color=f"C{i}", marker="o", ls="none", label=name)
-        for i, name in enumerate(settings.targets)
-    ]
-    by_size = [
-        Line2D([], [], color="k", marker=m, ls="none", label=f"d_sae = {size}")
-        for size, m in markers.items()
-    ]
-    diagonal = [
-        Line2D([], [], color="k", ls=":", label="family = required"),
-        Line2D([], [], color="k", marker="o", ls="none", label="sub-family within model error"),
-        Line2D(
-            [], [], color="k", marker="o", mfc="none", ls="none", label="whole family (misses it)"
-        ),
-    ]
-    # Below the diagonal is where a family smaller than the count would sit: mostly empty.
-    axes[0].legend(handles=by_target, fontsize=7, loc="lower right")
-    axes[-1].legend(handles=by_size + diagonal, fontsize=7, loc="lower right")
-    paths.append(save(fig, figures_dir / "toy_family_vs_required.png"))
+    rows = (load(out / "families.json") or {"rows": []})["rows"]
+    # No k <= k_max reached the model's error: such rows have no x to sit at.
+    censored = sum(r["required_k"] is None for r in rows)
+    rows = [r for r in rows if r["required_k"] is not None]
+    if rows:
+        paths.append(save(_family_figure(settings, rows, censored), figures_dir / _FAMILY_PNG))
     record = out / EXAMPLE_RECORD
     if record.exists():
         example = json.loads(record.read_text())
         name, seed = example["target"], example["seed"]
-        model = toy.load_model(out / "example" / "model", _corpus(settings, name, seed))
+        # Rebuilt with the settings the example was computed with, not today's.
+        used = example.get("settings", {})
+        used = dataclasses.replace(
+            settings, **{f: used[f] for f in ("n", "n_docs", "sae_samples") if f in used}
+        )
+        model = toy.load_model(out / "example" / "model", _corpus(used, name, seed))
         sae = js.load_saelens(out / "example" / "sae")
         target = model.corpus.target
-        samples = model.mlp_out(settings.sae_samples, seed=seed + 1)
+        samples = model.mlp_out(used.sae_samples, seed=seed + 1)
         fam = _family(sae, samples, target, example["model_kl"])
         unit = "temperature (°C)" if name.startswith("temperature") else "latent t (grid units)"
         fig = js.plot_family(fam, latent_name=unit, token_names=target.tokens)
@@ -504,9 +536,18 @@ def _span(values) -> str:
     return f"{med:.3g} [{lo:.3g}, {hi:.3g}]"
 
 
+def _ranks(v) -> np.ndarray:
+    """Average ranks (ties share the mean of their positions), as Spearman's rho needs."""
+    values, inverse = np.unique(np.asarray(v, np.float64), return_inverse=True)
+    order = np.argsort(np.asarray(v, np.float64), kind="stable")
+    positions = np.empty(len(order))
+    positions[order] = np.arange(len(order))
+    sums = np.bincount(inverse, weights=positions, minlength=len(values))
+    return (sums / np.bincount(inverse, minlength=len(values)))[inverse]
+
+
 def _spearman(x, y) -> float:
-    rank = lambda v: np.argsort(np.argsort(v, kind="stable"), kind="stable").astype(float)
-    rx, ry = rank(np.asarray(x)), rank(np.asarray(y))
+    rx, ry = _ranks(x), _ranks(y)
     if rx.std() == 0 or ry.std() == 0:
         return float("nan")
     return float(np.corrcoef(rx, ry)[0, 1])
@@ -527,8 +568,13 @@ def summary(out: Path) -> str:
             f"exactness: {len(exact)} one-layer MLP-only rows, {below} below the certified bound "
             f"(smallest margin {margin:.2e} nats)"
         )
-        for field, what in (("fit_kl", "the curve"), ("data_fit_kl", "the corpus's counts")):
-            ratio = [r["trained_kl"] / max(r[field], 1e-12) for r in exact if r.get(field)]
+        for field, what in (
+            ("fit_kl", "p(t)"),
+            ("data_fit_kl", "the corpus's counts (maximum likelihood, unregularised)"),
+        ):
+            ratio = [
+                r["trained_kl"] / max(r[field], 1e-12) for r in exact if r.get(field) is not None
+            ]
             lines.append(
                 f"SGD against jaxfeat's fit to {what} at the same k: trained/fit {_span(ratio)};"
                 f" within 2x in {sum(q <= 2 for q in ratio)} of {len(ratio)} rows"
@@ -572,16 +618,25 @@ def summary(out: Path) -> str:
         means = {}
         for name in dict.fromkeys(r["target"] for r in families):
             mine = [r for r in families if r["target"] == name]
-            req = {(r["seed"]): r["required_k"] for r in mine}
+            # None: no k <= k_max reached the tolerance (left out of the means, and counted).
+            req = {r["seed"]: r["required_k"] for r in mine}
+            known = [k for k in req.values() if k is not None]
             parts = []
             for arch in ("standard", "topk", "jumprelu"):
                 a = [r for r in mine if r["sae"] == arch]
                 if a:
                     parts.append(f"{arch} {_span([r['family_size'] for r in a])}")
-                    means.setdefault(arch, []).append(
-                        (np.mean(list(req.values())), np.mean([r["family_size"] for r in a]))
-                    )
-            lines.append(f"  {name}: required k {_span(list(req.values()))}; " + "; ".join(parts))
+                    if known:
+                        means.setdefault(arch, []).append(
+                            (np.mean(known), np.mean([r["family_size"] for r in a]))
+                        )
+            censored = len(req) - len(known)
+            lines.append(
+                f"  {name}: required k {_span(known)}"
+                + (f" ({censored} seeds above k_max)" if censored else "")
+                + "; "
+                + "; ".join(parts)
+            )
         for arch, pts in means.items():
             x, y = zip(*pts, strict=True)
             lines.append(
