@@ -456,7 +456,17 @@ def _search(fit, reference, m: int) -> tuple[np.ndarray, list[np.ndarray], str]:
         chosen.append(rest[int(np.argmin(losses))])
         size_kl.append(float(losses.min()))
         best.append(np.array(sorted(chosen)))
-    return np.asarray(size_kl), best, "greedy"
+    size_kl = np.asarray(size_kl)
+    # Contributions are added whole, not scaled, so two features that cancel each other's large
+    # parts help only together, and forward selection never takes the first. The prefixes in
+    # share order (members come sorted by share) take such pairs together: keep the better.
+    prefixes = np.tri(m + 1, m, -1, dtype=bool)
+    prefix_kl = np.asarray(fit(jnp.asarray(prefixes), reference)[1], np.float64)
+    better = np.flatnonzero(prefix_kl < size_kl)
+    size_kl[better] = prefix_kl[better]
+    for s in better:
+        best[s] = np.arange(s)
+    return size_kl, best, "greedy"
 
 
 def plot_family(

@@ -1,9 +1,11 @@
-"""Reading target curves from files: CSV tables and NumPy ``.npz`` archives."""
+"""Files: reading target curves (CSV tables and NumPy ``.npz`` archives), and writing any file
+atomically."""
 
 from __future__ import annotations
 
 import csv
 import os
+import tempfile
 import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -13,6 +15,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._target import Target
+
+# The process umask can only be read by setting it; done once, at import.
+UMASK = os.umask(0o022)
+os.umask(UMASK)
 
 KINDS = ("probs", "logits", "counts")
 _WHAT = {
@@ -373,3 +379,48 @@ def _unique(names: list[str], message: Callable[[int, int, str], str]) -> None:
         if name in seen:
             raise ValueError(message(seen[name], j, name))
         seen[name] = j
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> Path:
+    """Writes a file so that ``path`` holds either the old or the new content, never a mix.
+
+    ``write(tmp)`` writes a temporary file in the same directory (``os.replace`` is only atomic
+    within one file system); it is fsynced, replaces ``path``, and the directory is fsynced so
+    the rename itself survives a power cut.
+
+    Args:
+      path: destination file (its directory is created).
+      write: writes the content to the file name it is given.
+
+    Returns:
+      ``path``.
+
+    Example:
+      >>> import pathlib, tempfile
+      >>> out = pathlib.Path(tempfile.mkdtemp()) / "note.txt"
+      >>> atomic_write(out, lambda tmp: pathlib.Path(tmp).write_text("hello")).read_text()
+      'hello'
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        # mkstemp creates the file private (0600), and some writers recreate it so; what we
+        # write gets the usual permissions.
+        os.chmod(tmp, 0o666 & ~UMASK)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        # An exception in this process (not a kill) must not leave a stray temporary file.
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    if hasattr(os, "O_DIRECTORY"):
+        dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    return path

@@ -22,6 +22,7 @@ import numpy as np
 import safetensors.numpy
 
 from . import _validate
+from ._io import atomic_write
 from ._sae import ARCHITECTURES, SAE
 
 CONFIG = "cfg.json"
@@ -209,8 +210,8 @@ def save_saelens(
         flat["activation_fn_kwargs"] = {"k": int(sae.k)} if topk else {}
     cfg |= {key: value for key, value in flat.items() if key not in cfg}
     path.mkdir(parents=True, exist_ok=True)
-    write_atomically(path / WEIGHTS, lambda tmp: safetensors.numpy.save_file(tensors, tmp))
-    write_atomically(path / CONFIG, lambda tmp: tmp.write_text(json.dumps(cfg, indent=2)))
+    atomic_write(path / WEIGHTS, lambda tmp: safetensors.numpy.save_file(tensors, tmp))
+    atomic_write(path / CONFIG, lambda tmp: Path(tmp).write_text(json.dumps(cfg, indent=2)))
 
 
 # Top-level fields SAELens 5's config class has no default for.
@@ -222,13 +223,6 @@ _SAELENS5_REQUIRED = (
     "context_size",
     "dataset_path",
 )
-
-
-def write_atomically(dest: Path, write) -> None:
-    """Calls ``write(tmp)`` on a temporary file beside ``dest``, then renames it to ``dest``."""
-    tmp = dest.with_name(f".{dest.name}.tmp")
-    write(tmp)
-    tmp.replace(dest)
 
 
 def _read_config(path: Path) -> dict[str, Any]:

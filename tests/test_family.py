@@ -149,6 +149,46 @@ def test_greedy_search_is_an_upper_bound_on_the_exhaustive_one(case, family, mon
     )
 
 
+def _fake_fit(contributions: np.ndarray, goal: np.ndarray):
+    """A stand-in for the offset fit: the loss of a mask is |sum of its contributions - goal|^2."""
+
+    def fit(masks, reference):
+        losses = ((np.asarray(masks, float) @ contributions - goal) ** 2).sum(axis=1)
+        return np.zeros(len(losses)), losses, np.zeros(len(losses))
+
+    return fit
+
+
+def test_greedy_search_takes_cancelling_pairs_together():
+    # A and B cancel each other's large part and together give the goal h; C gives half of h;
+    # twelve small features are noise. Forward selection takes C and the noise first and never
+    # sees A + B; the share-ordered prefix {A, B} is exact.
+    g, h = np.eye(16)[0], np.eye(16)[1]
+    noise = 0.01 * np.eye(16)[2:14]
+    contributions = np.concatenate([[5 * g, h - 5 * g, 0.5 * h], noise])
+    fit = _fake_fit(contributions, h)
+    size_kl, best, search = _family._search(fit, np.zeros((4, 3)), len(contributions))
+    assert search == "greedy"
+    assert size_kl[2] == 0.0 and best[2].tolist() == [0, 1]
+    # Each size's best subset is the one its loss belongs to, and no size is worse than the
+    # pure forward selection.
+    for s, members in enumerate(best):
+        mask = np.zeros((1, len(contributions)), bool)
+        mask[0, members] = True
+        assert len(members) == s and fit(mask, None)[1][0] == pytest.approx(size_kl[s])
+    # The same check rejects forward selection alone: no size gets below |h/2|^2 = 0.25.
+    m, chosen, forward = len(contributions), [], []
+    for _ in range(m):
+        rest = [j for j in range(m) if j not in chosen]
+        masks = np.zeros((len(rest), m), bool)
+        masks[:, chosen] = True
+        masks[np.arange(len(rest)), rest] = True
+        losses = fit(masks, None)[1]
+        chosen.append(rest[int(np.argmin(losses))])
+        forward.append(losses.min())
+    assert min(forward) > 0.2 and chosen[0] == 2
+
+
 def test_default_reference_is_the_activations_through_the_unembedding(case):
     fam = run(case, reference=None)
     assert fam.reference_source == "activations"

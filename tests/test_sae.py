@@ -15,6 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from jaxfeat import sae as js
+from jaxfeat._io import UMASK
 
 D_IN, D_SAE = 5, 8
 FIXTURES = pathlib.Path(__file__).parent / "data" / "saelens"
@@ -186,6 +187,9 @@ def test_save_load_round_trip_is_exact_in_float32(tmp_path, variant):
     assert cfg["hook_name"] == "blocks.0.hook_mlp_out"
     assert ("hook_layer" in cfg) != sae.rescale_acts_by_decoder_norm
     assert not list(tmp_path.glob(".*tmp"))
+    # safetensors writes its file private; the saved files get the umask's usual permissions.
+    for name in ("cfg.json", "sae_weights.safetensors"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~UMASK, name
 
 
 @pytest.mark.parametrize("dtype, code", [("float16", "F16"), ("bfloat16", "BF16")])

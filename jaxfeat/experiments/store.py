@@ -132,6 +132,9 @@ def environment() -> dict[str, Any]:
 def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> Path:
     """Writes a file so that ``path`` holds either the old or the new content, never a mix.
 
+    The library's own writer is ``jaxfeat._io.atomic_write``; this module keeps a copy because it
+    needs only the standard library (worker processes load it without importing JAX).
+
     ``write(tmp)`` writes a temporary file in the same directory (``os.replace`` is only atomic
     within one file system); it is fsynced, replaces ``path``, and the directory is fsynced so
     the rename itself survives a power cut.
@@ -154,9 +157,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> Pat
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        # mkstemp creates the file private (0600); results files get the usual permissions.
-        os.chmod(tmp, 0o666 & ~_UMASK)
         write(tmp)
+        # mkstemp creates the file private (0600), and some writers recreate it so; results
+        # files get the usual permissions.
+        os.chmod(tmp, 0o666 & ~_UMASK)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -369,6 +369,71 @@ def ablations(settings: Settings, store: ResultsStore) -> None:
 _FAMILY_PNG = "toy_family_vs_required.png"
 
 
+def _load_example(settings: Settings, out: Path):
+    """(record, model, SAE, samples) of the saved example, or None when there is none."""
+    record = Path(out) / EXAMPLE_RECORD
+    if not record.exists():
+        return None
+    example = json.loads(record.read_text())
+    # Rebuilt with the settings the example was computed with, not today's.
+    used = example.get("settings", {})
+    used = dataclasses.replace(
+        settings, **{f: used[f] for f in ("n", "n_docs", "sae_samples") if f in used}
+    )
+    model = toy.load_model(
+        record.parent / "model", _corpus(used, example["target"], example["seed"])
+    )
+    sae = js.load_saelens(record.parent / "sae")
+    return example, model, sae, model.mlp_out(used.sae_samples, seed=example["seed"] + 1)
+
+
+# (min_variation, min_share): feature_family's defaults, looser, and every feature that moves.
+MEMBERSHIP = ((0.2, 0.01), (0.05, 0.001), (0.0, 0.0))
+MEMBERSHIP_RECORD = "example/membership.json"
+
+
+def membership(settings: Settings, out: Path) -> list[dict] | None:
+    """The example's family at each of :data:`MEMBERSHIP`'s thresholds: how much of the model's
+    curve the features left out by the defaults carry. Kept in ``example/membership.json``
+    (recomputed when the example changes); None without an example."""
+    out = Path(out)
+    loaded = _load_example(settings, out)
+    if not loaded:
+        return None
+    example, model, sae, samples = loaded
+    cached = load_json(out / MEMBERSHIP_RECORD)
+    if cached and cached.get("example") == example:
+        return cached["rows"]
+    rows = []
+    for min_variation, min_share in MEMBERSHIP:
+        start = time.perf_counter()
+        fam = js.feature_family(
+            sae,
+            samples["resid"],
+            samples["t"],
+            samples["W_U"],
+            tokens=np.arange(model.corpus.target.vocab),
+            tol=example["model_kl"],
+            reference=samples["probs"],
+            count=False,
+            min_variation=min_variation,
+            min_share=min_share,
+        )
+        rows.append(
+            {
+                "min_variation": min_variation,
+                "min_share": min_share,
+                "family_size": int(fam.members.size),
+                "family_kl": fam.kl,
+                "subfamily_size": None if fam.subfamily is None else int(fam.subfamily.size),
+                "search": fam.search,
+                "wall_s": time.perf_counter() - start,
+            }
+        )
+    atomic_write_json(out / MEMBERSHIP_RECORD, {"example": example, "rows": rows})
+    return rows
+
+
 def _family_figure(settings: Settings, rows: list[dict], censored: int):
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
@@ -504,19 +569,10 @@ def figures(settings: Settings, out: Path, figures_dir: Path) -> list[Path]:
     rows = [r for r in rows if r["required_k"] is not None]
     if rows:
         paths.append(save(_family_figure(settings, rows, censored), figures_dir / _FAMILY_PNG))
-    record = out / EXAMPLE_RECORD
-    if record.exists():
-        example = json.loads(record.read_text())
-        name, seed = example["target"], example["seed"]
-        # Rebuilt with the settings the example was computed with, not today's.
-        used = example.get("settings", {})
-        used = dataclasses.replace(
-            settings, **{f: used[f] for f in ("n", "n_docs", "sae_samples") if f in used}
-        )
-        model = toy.load_model(out / "example" / "model", _corpus(used, name, seed))
-        sae = js.load_saelens(out / "example" / "sae")
-        target = model.corpus.target
-        samples = model.mlp_out(used.sae_samples, seed=seed + 1)
+    loaded = _load_example(settings, out)
+    if loaded:
+        example, model, sae, samples = loaded
+        name, seed, target = example["target"], example["seed"], model.corpus.target
         fam = _family(sae, samples, target, example["model_kl"])
         unit = "temperature (°C)" if name.startswith("temperature") else "latent t (grid units)"
         fig = js.plot_family(fam, latent_name=unit, token_names=target.tokens)
@@ -526,6 +582,11 @@ def figures(settings: Settings, out: Path, figures_dir: Path) -> list[Path]:
 
 
 SWEEPS = ("neurons", "families", "ablations")
+
+
+def load_json(path: Path) -> dict | None:
+    """A JSON file's object, or None when the file does not exist."""
+    return json.loads(Path(path).read_text()) if Path(path).exists() else None
 
 
 def _span(values) -> str:
@@ -662,6 +723,18 @@ def summary(out: Path) -> str:
             f"{_span([r['family_kl'] for r in families])} nats; the whole SAE spliced in "
             f"{_span([r.get('sae_kl') for r in families])} nats"
         )
+    cached = load_json(out / MEMBERSHIP_RECORD)
+    if cached:
+        ex = cached["example"]
+        lines.append(
+            f"membership thresholds, example {ex['id']} (model error {ex['model_kl']:.2e}):"
+        )
+        for r in cached["rows"]:
+            lines.append(
+                f"  min_variation {r['min_variation']}, min_share {r['min_share']}: "
+                f"{r['family_size']} members, family KL {r['family_kl']:.2e}, smallest within "
+                f"the model's error {r['subfamily_size']} ({r['search']}, {r['wall_s']:.0f} s)"
+            )
     ablation_rows = rows["ablations"]
     for attention, layernorm in ((False, False), (True, False), (False, True)):
         a = [
@@ -747,6 +820,7 @@ def main(argv: list[str] | None = None, repo: Path | None = None) -> Path:
     start = time.perf_counter()
     for path in run_all(settings, out, figures_dir, fresh=args.fresh):
         print(f"figure {path}", file=sys.stderr)
+    membership(settings, out)
     print(summary(out))
     print(f"done in {time.perf_counter() - start:.0f} s; results in {out}", file=sys.stderr)
     return out
