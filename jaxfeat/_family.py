@@ -144,9 +144,11 @@ def feature_family(
        these tokens).
     3. Fit c of ``q(t) = softmax(c + Σ a_i(t) l_i)`` to the reference (convex; Newton).
     4. Smallest sub-family within ``tol``: every subset when the family has at most 10 members
-       (and 2^m n^3 is at most 2^31, n the number of tokens), else greedy forward selection;
-       ``search`` says which. Each fit of c costs O(T n^2 + n^3) per Newton step: ``tokens`` is
-       meant to be the handful of tokens the latent moves.
+       (and 2^m n^3 is at most 2^31, n the number of tokens), else the better, size by size,
+       of greedy forward selection and the prefixes in share order (which keep pairs whose
+       large parts cancel together); ``search`` says which. Each fit of c costs
+       O(T n^2 + n^3) per Newton step: ``tokens`` is meant to be the handful of tokens the
+       latent moves.
     5. ``required``: :func:`jaxfeat.required_features` on the reference curve, so the SAE's
        family size sits beside the certified bracket. The bracket is for ReLU features of an
        affine latent (``"jumprelu"`` for a JumpReLU SAE): it applies to the SAE when x is
@@ -449,10 +451,12 @@ def _search(fit, reference, m: int) -> tuple[np.ndarray, list[np.ndarray], str]:
     best = [np.array([], int)]
     for _ in range(m):
         rest = [j for j in range(m) if j not in chosen]
-        masks = np.zeros((len(rest), m), bool)
+        # Always m rows (the last candidate repeated), so that the jitted fit compiles once per
+        # family size, not once per step.
+        masks = np.zeros((m, m), bool)
         masks[:, chosen] = True
-        masks[np.arange(len(rest)), rest] = True
-        losses = np.asarray(fit(jnp.asarray(masks), reference)[1])
+        masks[np.arange(m), (rest + rest[-1:] * m)[:m]] = True
+        losses = np.asarray(fit(jnp.asarray(masks), reference)[1])[: len(rest)]
         chosen.append(rest[int(np.argmin(losses))])
         size_kl.append(float(losses.min()))
         best.append(np.array(sorted(chosen)))

@@ -339,6 +339,36 @@ def families(settings: Settings, store: ResultsStore) -> None:
                 )
 
 
+# The training-length check trains for this many times the sweep's steps.
+LONGER = 4
+
+
+def training_length(settings: Settings, store: ResultsStore) -> None:
+    """The widest one-layer MLP-only model of each target (first seed), trained ``LONGER`` times
+    as long: whether the neurons sweep's losses are capacity or training budget."""
+    d, seed = max(settings.d_mlps), settings.seeds[0]
+    for name in settings.targets:
+        steps = LONGER * settings.steps
+        key = dict(target=name, seed=seed, d_mlp=d, steps=steps)
+        rid = row_id("training_length", key)
+        if store.done(rid):
+            continue
+        corpus = _corpus(settings, name, seed)
+        start = time.perf_counter()
+        model = toy.train(corpus, d_mlp=d, attention=False, steps=steps, seed=seed, progress=False)
+        wall = time.perf_counter() - start
+        target = corpus.target
+        store.add(
+            {
+                "id": rid,
+                **key,
+                "trained_kl": mean_kl(target.probs, model.curve(n_contexts=1)),
+                "converged": model.converged,
+                "wall_s": wall,
+            }
+        )
+
+
 def ablations(settings: Settings, store: ResultsStore) -> None:
     d = settings.ablation_d_mlp
     for name in settings.targets:
@@ -581,7 +611,7 @@ def figures(settings: Settings, out: Path, figures_dir: Path) -> list[Path]:
     return paths
 
 
-SWEEPS = ("neurons", "families", "ablations")
+SWEEPS = ("neurons", "families", "ablations", "training_length")
 
 
 def load_json(path: Path) -> dict | None:
@@ -723,6 +753,15 @@ def summary(out: Path) -> str:
             f"{_span([r['family_kl'] for r in families])} nats; the whole SAE spliced in "
             f"{_span([r.get('sae_kl') for r in families])} nats"
         )
+    short = {(r["target"], r["d_mlp"], r["seed"]): r for r in exact}
+    for r in rows["training_length"]:
+        base_row = short.get((r["target"], r["d_mlp"], r["seed"]))
+        if base_row:
+            lines.append(
+                f"{r['target']}, d_mlp {r['d_mlp']}: {base_row['trained_kl']:.2e} nats after "
+                f"the sweep's steps, {r['trained_kl']:.2e} after {r['steps']} (fit "
+                f"{base_row['fit_kl']:.2e}, fit to the data {base_row['data_fit_kl']:.2e})"
+            )
     cached = load_json(out / MEMBERSHIP_RECORD)
     if cached:
         ex = cached["example"]
@@ -762,6 +801,7 @@ def run_all(settings: Settings, out: Path, figures_dir: Path, *, fresh: bool = F
     neurons(settings, stores["neurons"])
     families(settings, stores["families"])
     ablations(settings, stores["ablations"])
+    training_length(settings, stores["training_length"])
     return figures(settings, Path(out), Path(figures_dir))
 
 

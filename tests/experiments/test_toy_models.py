@@ -16,7 +16,7 @@ def _assert_png(path) -> None:
 
 def test_toy_models_smoke(tmp_path):
     out = main(["--smoke", "--out", str(tmp_path / "res"), "--figures", str(tmp_path)])
-    for sweep in ("neurons", "families", "ablations"):
+    for sweep in toy_models.SWEEPS:
         doc = json.loads((out / f"{sweep}.json").read_text())
         assert doc["rows"], sweep
     neurons = json.loads((out / "neurons.json").read_text())["rows"]
