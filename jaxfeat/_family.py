@@ -479,6 +479,7 @@ def plot_family(
     pair: tuple[int, int] | None = None,
     token_names: Sequence[str] | None = None,
     latent_name: str = "latent t",
+    title: str | None = None,
 ):
     """Three panels: encoder profiles, decoder logit effects, and contributions to a log-ratio.
 
@@ -488,6 +489,7 @@ def plot_family(
         panel; default: the pair whose reference log-ratio spans the widest range.
       token_names: labels for ``family.tokens`` (default: the ids).
       latent_name: the x-axis label, with units, e.g. ``"temperature (°C)"``.
+      title: what the family is of (the model, the SAE), put before the figure's title.
 
     Returns:
       a :class:`matplotlib.figure.Figure` (built without pyplot; save it with ``savefig``).
@@ -542,9 +544,9 @@ def plot_family(
         xlabel="token",
         ylabel="logit change per unit activation (nats)",
     )
-    for i, (c, lab) in enumerate(zip(colours, labels, strict=True)):
+    for i, c in enumerate(colours):
         contribution = family.profiles[:, i] * (family.effects[i, j] - family.effects[i, m])
-        ax_ratio.plot(family.grid, contribution, "-", color=c, label=lab)
+        ax_ratio.plot(family.grid, contribution, "-", color=c)
     log_q = np.log(np.maximum(family.curve, 1e-300))
     # The reference is drawn wide and pale underneath, so that a family matching it leaves both
     # visible.
@@ -563,11 +565,18 @@ def plot_family(
         xlabel=latent_name,
         ylabel="log-ratio (nats)",
     )
-    for ax in (ax_prof, ax_dec, ax_ratio):
-        if family.members.size:
-            ax.legend(fontsize=8)
+    # The colours are the same in every panel: one legend for the features, beside the figure.
+    if family.members.size:
+        fig.legend(
+            *ax_prof.get_legend_handles_labels(),
+            loc="outside right upper",
+            fontsize=8,
+            ncols=1 + size // 24,
+        )
+    ax_ratio.legend(fontsize=8)
     fig.suptitle(
-        f"Feature family: {family.members.size} members, mean KL {family.kl:.2g} nats to the "
-        f"{family.reference_source} reference"
+        (f"{title}: " if title else "")
+        + f"feature family of {family.members.size} members, mean KL {family.kl:.2g} nats to "
+        f"the {family.reference_source} reference"
     )
     return fig

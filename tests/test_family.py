@@ -255,6 +255,11 @@ def test_plot_family_draws_three_labelled_panels(family):
         assert ax.get_title() and ax.get_xlabel() and ax.get_ylabel()
     assert axes[0].get_xlabel() == "latent t (a.u.)"
     assert len(axes[0].lines) == family.members.size
+    # One legend for the features (their colours are shared by the panels), named by index.
+    (legend,) = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == [f"feature {i}" for i in family.members]
+    titled = js.plot_family(family, title="my model")
+    assert titled.get_suptitle().startswith("my model: feature family of")
     # A family larger than the colour cycle (SAEs tile) still draws, one colour per member.
     many = dataclasses.replace(
         family,

@@ -545,6 +545,7 @@ def figures(settings: Settings, out: Path, figures_dir: Path) -> list[Path]:
 
     paths = []
     rows = load(out / "neurons.json")["rows"]
+    longer = (load(out / "training_length.json") or {"rows": []})["rows"]
     n = len(settings.targets)
     cols = min(n, 4)
     fig = Figure(figsize=(4.6 * cols, 4.0 * -(-n // cols)), layout="constrained")
@@ -558,7 +559,7 @@ def figures(settings: Settings, out: Path, figures_dir: Path) -> list[Path]:
             ((1, "linear"), "trained_kl", "o-", "trained model (SGD)"),
             ((1, "linear"), "fit_kl", "s--", "jaxfeat fit to p(t), same k"),
             ((1, "linear"), "data_fit_kl", "x-.", "jaxfeat fit to the corpus's samples"),
-            ((1, "linear"), "bound_kl", "v:", "certified lower bound"),
+            ((1, "linear"), "bound_kl", "v:", "certified lower bound (0 drawn at 1e-9)"),
             ((2, "linear"), "trained_kl", "^", "2 layers, linear latent (outside the class)"),
             ((1, "token"), "trained_kl", "D", "1 layer, token latent (outside the class)"),
         ]
@@ -579,6 +580,15 @@ def figures(settings: Settings, out: Path, figures_dir: Path) -> list[Path]:
             ax.errorbar(
                 x, med, yerr=[lo, hi] if spread else None, fmt=style, capsize=2, label=label, ms=4
             )
+        extra = [r for r in longer if r["target"] == name]
+        if extra:
+            ax.plot(
+                [r["d_mlp"] + 1 for r in extra],
+                [r["trained_kl"] for r in extra],
+                "*",
+                ms=9,
+                label=f"trained {LONGER}x as long (seed {extra[0]['seed']})",
+            )
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xticks(sorted(ticks), [str(v) for v in sorted(ticks)])
@@ -589,8 +599,11 @@ def figures(settings: Settings, out: Path, figures_dir: Path) -> list[Path]:
             ylabel="mean KL to the target (nats)",
         )
     axes[0].legend(fontsize=7)
-    if spread:
-        fig.suptitle(f"median and range over seeds {list(settings.seeds)}")
+    seeds = ", ".join(map(str, settings.seeds))
+    fig.suptitle(
+        "One-layer MLP-only models trained on each target's corpus, against jaxfeat's bracket"
+        + (f" (median and range over seeds {seeds})" if spread else f" (seed {seeds})")
+    )
     paths.append(save(fig, figures_dir / "toy_trained_vs_bracket.png"))
 
     rows = (load(out / "families.json") or {"rows": []})["rows"]
@@ -605,8 +618,13 @@ def figures(settings: Settings, out: Path, figures_dir: Path) -> list[Path]:
         name, seed, target = example["target"], example["seed"], model.corpus.target
         fam = _family(sae, samples, target, example["model_kl"])
         unit = "temperature (°C)" if name.startswith("temperature") else "latent t (grid units)"
-        fig = js.plot_family(fam, latent_name=unit, token_names=target.tokens)
-        fig.suptitle(f"{name}, seed {seed}: the latent's family in one SAE ({example['id']})")
+        sae_name = f"{sae.architecture} SAE, d_sae = {sae.d_sae}"
+        fig = js.plot_family(
+            fam,
+            latent_name=unit,
+            token_names=target.tokens,
+            title=f"{name} (seed {seed}), {sae_name}",
+        )
         paths.append(save(fig, figures_dir / "toy_family.png"))
     return paths
 
