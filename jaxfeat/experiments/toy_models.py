@@ -282,6 +282,7 @@ def families(settings: Settings, store: ResultsStore) -> None:
                     seed=seed,
                     **{_SPARSITY[arch]: value},
                 )
+                jax.block_until_ready(sae)  # dispatch is asynchronous: time the work itself
                 sae_wall = time.perf_counter() - start
                 f = np.asarray(js.encode(sae, x))
                 recon = np.asarray(js.decode(sae, f))
@@ -396,7 +397,10 @@ def ablations(settings: Settings, store: ResultsStore) -> None:
                 )
 
 
-_FAMILY_PNG = "toy_family_vs_required.png"
+def figure_name(settings: Settings, stem: str) -> str:
+    """``toy_<stem>.png`` for quick mode (what ``jaxfeat reproduce`` draws), with the mode
+    appended otherwise, so that a quick run never overwrites the full run's figures."""
+    return f"toy_{stem}.png" if settings.mode == "quick" else f"toy_{stem}_{settings.mode}.png"
 
 
 def _load_example(settings: Settings, out: Path):
@@ -534,8 +538,15 @@ def _family_figure(settings: Settings, rows: list[dict], censored: int):
     else:
         axes[0].legend(handles=by_target, fontsize=7, loc="lower right")
         axes[-1].legend(handles=by_size + keys, fontsize=7, loc="lower right")
-    if censored:
-        fig.suptitle(f"{censored} rows whose required k exceeds k_max = {settings.k_max} not drawn")
+    seeds = ", ".join(map(str, settings.seeds))
+    fig.suptitle(
+        f"The latent's feature family in SAEs of trained one-layer transformers (seeds {seeds})"
+        + (
+            f"; {censored} rows whose required k exceeds k_max = {settings.k_max} not drawn"
+            if censored
+            else ""
+        )
+    )
     return fig
 
 
@@ -604,14 +615,15 @@ def figures(settings: Settings, out: Path, figures_dir: Path) -> list[Path]:
         "One-layer MLP-only models trained on each target's corpus, against jaxfeat's bracket"
         + (f" (median and range over seeds {seeds})" if spread else f" (seed {seeds})")
     )
-    paths.append(save(fig, figures_dir / "toy_trained_vs_bracket.png"))
+    paths.append(save(fig, figures_dir / figure_name(settings, "trained_vs_bracket")))
 
     rows = (load(out / "families.json") or {"rows": []})["rows"]
     # No k <= k_max reached the model's error: such rows have no x to sit at.
     censored = sum(r["required_k"] is None for r in rows)
     rows = [r for r in rows if r["required_k"] is not None]
     if rows:
-        paths.append(save(_family_figure(settings, rows, censored), figures_dir / _FAMILY_PNG))
+        fig = _family_figure(settings, rows, censored)
+        paths.append(save(fig, figures_dir / figure_name(settings, "family_vs_required")))
     loaded = _load_example(settings, out)
     if loaded:
         example, model, sae, samples = loaded
@@ -625,7 +637,7 @@ def figures(settings: Settings, out: Path, figures_dir: Path) -> list[Path]:
             token_names=target.tokens,
             title=f"{name} (seed {seed}), {sae_name}",
         )
-        paths.append(save(fig, figures_dir / "toy_family.png"))
+        paths.append(save(fig, figures_dir / figure_name(settings, "family")))
     return paths
 
 

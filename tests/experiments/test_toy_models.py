@@ -34,13 +34,13 @@ def test_toy_models_smoke(tmp_path):
     families = json.loads((out / "families.json").read_text())["rows"]
     assert {r["sae"] for r in families} == {"standard", "topk", "jumprelu"}
     assert all(r["sae_kl"] >= 0 and 0 <= r["sae_alive"] <= r["d_sae"] for r in families)
-    for name in ("toy_trained_vs_bracket", "toy_family_vs_required", "toy_family"):
-        _assert_png(tmp_path / f"{name}.png")
+    for stem in ("trained_vs_bracket", "family_vs_required", "family"):
+        _assert_png(tmp_path / toy_models.figure_name(toy_models.SMOKE, stem))
     # The example family is redrawn from its saved model and SAE alone.
     example = json.loads((out / toy_models.EXAMPLE_RECORD).read_text())
     assert example["id"] in {r["id"] for r in families}
     toy_models.figures(toy_models.SMOKE, out, tmp_path / "again")
-    _assert_png(tmp_path / "again" / "toy_family.png")
+    _assert_png(tmp_path / "again" / toy_models.figure_name(toy_models.SMOKE, "family"))
     # Resuming recomputes nothing: a second run finds every row done.
     before = (out / "neurons.json").read_text()
     main(["--smoke", "--out", str(tmp_path / "res"), "--figures", str(tmp_path)])
