@@ -232,7 +232,9 @@ def _example(settings: Settings) -> tuple[str, int, tuple[str, int, float]]:
     return name, settings.seeds[0], ("topk", max(settings.sae_sizes), max(settings.sae_ks))
 
 
-def _family(sae: js.SAE, samples: dict, target: jaxfeat.Target, tol: float) -> js.FeatureFamily:
+def _family(
+    sae: js.SAE, samples: dict, target: jaxfeat.Target, tol: float, **options
+) -> js.FeatureFamily:
     return js.feature_family(
         sae,
         samples["resid"],
@@ -242,6 +244,7 @@ def _family(sae: js.SAE, samples: dict, target: jaxfeat.Target, tol: float) -> j
         tol=tol,
         reference=samples["probs"],
         count=False,
+        **options,
     )
 
 
@@ -441,15 +444,11 @@ def membership(settings: Settings, out: Path) -> list[dict] | None:
     rows = []
     for min_variation, min_share in MEMBERSHIP:
         start = time.perf_counter()
-        fam = js.feature_family(
+        fam = _family(
             sae,
-            samples["resid"],
-            samples["t"],
-            samples["W_U"],
-            tokens=np.arange(model.corpus.target.vocab),
-            tol=example["model_kl"],
-            reference=samples["probs"],
-            count=False,
+            samples,
+            model.corpus.target,
+            example["model_kl"],
             min_variation=min_variation,
             min_share=min_share,
         )
@@ -783,9 +782,8 @@ def summary(out: Path) -> str:
             f"{_span([r['family_kl'] for r in families])} nats; the whole SAE spliced in "
             f"{_span([r.get('sae_kl') for r in families])} nats"
         )
-    short = {(r["target"], r["d_mlp"], r["seed"]): r for r in exact}
     for r in rows["training_length"]:
-        base_row = short.get((r["target"], r["d_mlp"], r["seed"]))
+        base_row = base.get((r["target"], r["seed"], r["d_mlp"]))
         if base_row:
             lines.append(
                 f"{r['target']}, d_mlp {r['d_mlp']}: {base_row['trained_kl']:.2e} nats after "
