@@ -245,9 +245,10 @@ def _fit_checked(
             )
         knots = jnp.asarray(init_knots, p.dtype)
     n_params = (k_max + 1) * p.shape[-1] + enc_count(activation) * k_max
-    use_lm = optimizer is None and n_params <= solver.lm_max_params
-    if optimizer is None and not use_lm:
-        optimizer = _lbfgs()
+    if optimizer is not None:
+        method = "optax"
+    else:
+        method = "dense" if n_params <= solver.lm_max_params else "cg"
     if _validate.is_traced(p, ks, keys, knots):
         devices = ()
     else:
@@ -274,7 +275,7 @@ def _fit_checked(
         activation=activation,
         max_steps=max_steps,
         optimizer=optimizer,
-        use_lm=use_lm,
+        method=method,
         lanes=lanes,
         solver=solver,
         devices=devices,
@@ -282,13 +283,6 @@ def _fit_checked(
     if args[0].shape[0] != B:
         members = jax.tree.map(lambda x: x[:B], members)
     return _select(members, t, p, activation)
-
-
-@functools.cache
-def _lbfgs() -> optax.GradientTransformation:
-    # One instance: the optimiser is a static argument of the kernel, and a new instance per call
-    # would compile the kernel again on every call.
-    return optax.lbfgs()
 
 
 def _feature_counts(k: int | ArrayLike, k_max: int | None, B: int) -> tuple[jax.Array, int]:

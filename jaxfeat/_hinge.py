@@ -81,6 +81,8 @@ class SolverSettings:
     ridge: float = 1e-6
     start_log_depth: float = 20.0
     lm_max_params: int = 600
+    cg_steps: int = 20
+    cg_rtol: float = 1e-2
     cpu_lane_bytes: int = 2**21
     accelerator_lanes: int = 2**16
 

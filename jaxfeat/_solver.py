@@ -54,27 +54,74 @@ class Config(NamedTuple):
 # Levenberg-Marquardt step with the exact generalised Gauss-Newton matrix
 
 
-def lm_step(g: Grid, m: Member, p, cfg: Config) -> Member:
-    """One damped Gauss-Newton step of a member, with the exact generalised Gauss-Newton matrix.
+class _Linearised(NamedTuple):
+    """One member's Gauss-Newton model at its current point, shared by both linear solvers.
 
-    In the convex phases (0, 2) only (c, l) move; in the joint phases (1, 3) the knots (and
-    JumpReLU jump heights or softplus sharpnesses) move with them. A step that does not lower
-    the loss is rejected and the damping raised.
+    Arrays keep the grid as the major axis (T, ...), which measured fastest for these
+    contractions. ``E`` stands for the encoder parameters: the knots, then (JumpReLU, softplus)
+    the jump heights or sharpnesses.
     """
+
+    X: jax.Array  # (T, k + 1): 1 and the activations
+    q: jax.Array  # (T, V) model probabilities
+    D: jax.Array  # (T, nE) derivatives of the activations in E
+    L: jax.Array  # (nE, V) the logit vector each E entry moves
+    grad: jax.Array  # ((k + 1) V + nE,) gradient of the mean KL
+    frozen: jax.Array  # ((k + 1) V + nE,) entries held fixed in this step
+    diag: jax.Array  # ((k + 1) V + nE,) diagonal of the Gauss-Newton matrix
+
+
+def _linearise(g: Grid, m: Member, p) -> _Linearised:
     T, V = p.shape
     k = m.tau.shape[0]
-    K1 = k + 1
-    act = g.activation
 
     def acts_of(tau, e):
         return acts(g, tau, e, m.s) * m.mask[:, None]
 
     a = acts_of(m.tau, m.e)
     q = jnp.exp(log_softmax_q(m.W, a)).T
-    # The GGN contractions below measured fastest with the grid as the major axis.
     X = jnp.concatenate([jnp.ones((T, 1), a.dtype), a.T], axis=1)
     r = (q - p) / T
     gW = X.T @ r
+    tangent = jnp.ones_like(m.tau)
+    D = [jax.jvp(lambda tt: acts_of(tt, m.e), (m.tau,), (tangent,))[1]]
+    if g.activation != "relu":
+        D.append(jax.jvp(lambda ee: acts_of(m.tau, ee), (m.e,), (tangent,))[1])
+    D = jnp.concatenate(D, axis=0).T  # (T, nE)
+    L = jnp.concatenate([m.W[1:]] * (D.shape[1] // k), axis=0)  # (nE, V)
+    gE = jnp.sum(D * (r @ L.T), axis=0)
+    # Knots move only in the joint phases; in the others (c, l) solve a convex problem.
+    free_enc = (m.phase == 1) | (m.phase == 3)
+    frozen_W = jnp.concatenate([jnp.zeros(1, bool), m.mask == 0])
+    frozen_enc = jnp.tile(m.mask == 0, D.shape[1] // k) | ~free_enc
+    if g.activation == "jumprelu":
+        # JumpReLU contains ReLU (zero jumps), but its loss is piecewise constant in where a jump
+        # sits, which traps Gauss-Newton on smooth targets; so half the restarts fit a ReLU first
+        # and grow jumps from that solution, the other half start with visible jumps (which
+        # find real steps in the target).
+        frozen_enc = frozen_enc | ((jnp.arange(2 * k) >= k) & (m.phase < 3) & ~m.jumps_early)
+    frozen = jnp.concatenate([jnp.repeat(frozen_W, V), frozen_enc])
+    qv = q - q * q
+    dW = (X * X).T @ qv / T
+    DL = D * (q @ L.T)  # (T, nE): the mean logit change, removed by the softmax
+    dE = jnp.sum((D * D) * ((q @ (L * L).T)), axis=0) / T - jnp.sum(DL * DL, axis=0) / T
+    grad = jnp.concatenate([gW.reshape(-1), gE])
+    return _Linearised(X, q, D, L, grad, frozen, jnp.concatenate([dW.reshape(-1), dE]))
+
+
+def _damping(lin: _Linearised, lam):
+    """Levenberg-Marquardt damping ``lam * diag(H)``, floored relative to its largest entry."""
+    d = lin.diag
+    dmin = 1e-9 * jnp.max(d) + jnp.finfo(d.dtype).tiny
+    damp = lam * jnp.maximum(d, dmin) + dmin
+    return jnp.where(lin.frozen, 1.0, damp)
+
+
+def _dense_solve(lin: _Linearised, lam, cfg: Config):
+    """The damped step from the assembled (k + 1) V + nE Gauss-Newton matrix: O(((k+1)V)^3)."""
+    X, q, D, L = lin.X, lin.q, lin.D, lin.L
+    T, V = q.shape
+    K1 = X.shape[1]
     # GGN block for W: sum_t (X_t X_t^T) kron (diag q_t - q_t q_t^T) / T.
     Y = X[:, :, None] * q[:, None, :]
     HW = jnp.einsum("ti,tj,tv->ivj", X, X, q) / T
@@ -83,43 +130,113 @@ def lm_step(g: Grid, m: Member, p, cfg: Config) -> Member:
         - jnp.einsum("tiv,tjw->ivjw", Y, Y) / T
     )
     HW = HW.reshape(K1 * V, K1 * V)
-    frozen_W = jnp.concatenate([jnp.zeros(1, bool), m.mask == 0])
-    # Knots move only in the joint phases; in the others (c, l) solve a convex problem.
-    free_enc = (m.phase == 1) | (m.phase == 3)
-    tangent = jnp.ones_like(m.tau)
-    D = [jax.jvp(lambda tt: acts_of(tt, m.e), (m.tau,), (tangent,))[1]]
-    if act != "relu":
-        D.append(jax.jvp(lambda ee: acts_of(m.tau, ee), (m.e,), (tangent,))[1])
-    D = jnp.concatenate(D, axis=0).T  # (T, nE)
-    L = jnp.concatenate([m.W[1:]] * (D.shape[1] // k), axis=0)  # (nE, V)
-    gE = jnp.einsum("tj,jv,tv->j", D, L, r)
     Gl = q[:, None, :] * (L[None] - jnp.einsum("tv,jv->tj", q, L)[:, :, None])
     HWE = jnp.einsum("ti,tj,tjv->ivj", X, D, Gl).reshape(K1 * V, -1) / T
     HEE = jnp.einsum("tj,tk,tjv,kv->jk", D, D, Gl, L) / T
     H = jnp.block([[HW, HWE], [HWE.T, HEE]])
-    grad = jnp.concatenate([gW.reshape(-1), gE])
-    frozen_enc = jnp.tile(m.mask == 0, D.shape[1] // k) | ~free_enc
-    if act == "jumprelu":
-        # JumpReLU contains ReLU (zero jumps), but its loss is piecewise constant in where a jump
-        # sits, which traps Gauss-Newton on smooth targets; so half the restarts fit a ReLU first
-        # and grow jumps from that solution, the other half start with visible jumps (which
-        # find real steps in the target).
-        frozen_enc = frozen_enc | ((jnp.arange(2 * k) >= k) & (m.phase < 3) & ~m.jumps_early)
-    frozen = jnp.concatenate([jnp.repeat(frozen_W, V), frozen_enc])
-    d = jnp.diag(H)
-    dmin = 1e-9 * jnp.max(d) + jnp.finfo(d.dtype).tiny
-    damp = m.lam * jnp.maximum(d, dmin) + dmin
+    frozen = lin.frozen
     H = jnp.where(frozen[:, None] | frozen[None, :], 0.0, H)
-    H = H + jnp.diag(jnp.where(frozen, 1.0, damp))
-    grad = jnp.where(frozen, 0.0, grad)
+    H = H + jnp.diag(_damping(lin, lam))
+    grad = jnp.where(frozen, 0.0, lin.grad)
     if cfg.lapack:
-        delta = jax.scipy.linalg.cho_solve(jax.scipy.linalg.cho_factor(H, lower=True), grad)
-    else:
-        delta = spd_solve(H, grad)
+        return jax.scipy.linalg.cho_solve(jax.scipy.linalg.cho_factor(H, lower=True), grad)
+    return spd_solve(H, grad)
+
+
+def _cg_solve(lin: _Linearised, lam, cfg: Config):
+    """The damped step by preconditioned conjugate gradients, never forming the matrix.
+
+    A Gauss-Newton product ``J^T F J v`` costs O(T (k + 1) V): the logit change ``J v`` is
+    ``X dW + (D dE) L``, ``F`` is ``diag q - q q^T`` per grid point, and ``J^T`` contracts back.
+    The preconditioner is block diagonal: one (k + 1)-square block per token,
+    ``sum_t X_t X_t^T q_tv / T`` (the Kronecker blocks without the rank-one ``q q^T`` coupling,
+    which only lowers the matrix), and the dense encoder block. Memory per member is
+    O(T V + k^2 V).
+    """
+    X, q, D, L = lin.X, lin.q, lin.D, lin.L
+    T, V = q.shape
+    K1, nE = X.shape[1], D.shape[1]
+    n_W = K1 * V
+    live = ~lin.frozen
+    damp = _damping(lin, lam)
+
+    def split(v):
+        return v[:n_W].reshape(K1, V), v[n_W:]
+
+    def matvec(v):
+        v = jnp.where(live, v, 0.0)
+        vW, vE = split(v)
+        dz = X @ vW + (D * vE) @ L  # (T, V)
+        u = q * (dz - jnp.sum(q * dz, axis=1, keepdims=True)) / T
+        out = jnp.concatenate([(X.T @ u).reshape(-1), jnp.sum(D * (u @ L.T), axis=0)])
+        return jnp.where(live, out, 0.0) + damp * v
+
+    # Preconditioner blocks, frozen entries reduced to their unit damping.
+    dW, dE = split(damp)
+    liveW, liveE = split(live)
+    XX = (X[:, :, None] * X[:, None, :]).reshape(T, K1 * K1)
+    BW = (XX.T @ q / T).reshape(K1, K1, V).transpose(2, 0, 1)  # (V, K1, K1)
+    both = liveW.T[:, :, None] & liveW.T[:, None, :]
+    BW = jnp.where(both, BW, 0.0) + jax.vmap(jnp.diag)(dW.T)
+    # sum_t D_tj D_tk (sum_v q_tv L_jv L_kv - (q_t . L_j)(q_t . L_k)), without a (T, nE, V) array
+    qL = q @ L.T
+    qLL = (q @ (L[:, None, :] * L[None]).reshape(nE * nE, V).T).reshape(T, nE, nE)
+    HEE = jnp.einsum("tj,tk,tjk->jk", D, D, qLL - qL[:, :, None] * qL[:, None, :]) / T
+    BE = jnp.where(liveE[:, None] & liveE[None, :], HEE, 0.0) + jnp.diag(dE)
+    cW = jnp.linalg.cholesky(BW)
+    cE = jnp.linalg.cholesky(BE)
+
+    def precond(v):
+        vW, vE = split(v)
+        yW = jax.scipy.linalg.cho_solve((cW, True), vW.T[:, :, None])[:, :, 0].T
+        yE = jax.scipy.linalg.cho_solve((cE, True), vE)
+        return jnp.concatenate([yW.reshape(-1), yE])
+
+    b = jnp.where(live, lin.grad, 0.0)
+    s = cfg.solver
+    tol2 = (s.cg_rtol**2) * jnp.vdot(b, precond(b))
+
+    def cond(c):
+        x, r, z, d, rz, it = c
+        return (it < s.cg_steps) & (rz > tol2)
+
+    def body(c):
+        x, r, z, d, rz, it = c
+        Ad = matvec(d)
+        alpha = rz / jnp.vdot(d, Ad)
+        x = x + alpha * d
+        r = r - alpha * Ad
+        z = precond(r)
+        rz_new = jnp.vdot(r, z)
+        d = z + (rz_new / rz) * d
+        return x, r, z, d, rz_new, it + 1
+
+    z0 = precond(b)
+    init = (jnp.zeros_like(b), b, z0, z0, jnp.vdot(b, z0), jnp.asarray(0))
+    x = jax.lax.while_loop(cond, body, init)[0]
+    return jnp.where(live, x, 0.0)
+
+
+def lm_step(g: Grid, m: Member, p, cfg: Config, solve=_dense_solve) -> Member:
+    """One damped Gauss-Newton step of a member, with the exact generalised Gauss-Newton matrix.
+
+    In the convex phases (0, 2) only (c, l) move; in the joint phases (1, 3) the knots (and
+    JumpReLU jump heights or softplus sharpnesses) move with them. A step that does not lower
+    the loss is rejected and the damping raised. ``solve`` is :func:`_dense_solve` (Cholesky of
+    the assembled matrix) or :func:`_cg_solve` (matrix-free, for large vocabularies).
+    """
+    K1, V = m.W.shape
+    k = m.tau.shape[0]
+    lin = _linearise(g, m, p)
+    delta = solve(lin, m.lam, cfg)
     W = m.W - delta[: K1 * V].reshape(K1, V)
+    if solve is _cg_solve:
+        # Adding a constant to every token of a row of W leaves the model unchanged; centring
+        # keeps that free direction from drifting (inexact steps are not orthogonal to it).
+        W = W - jnp.mean(W, axis=1, keepdims=True)
     dE = delta[K1 * V :]
     tau, e = m.tau - dE[:k], m.e
-    if act != "relu":
+    if g.activation != "relu":
         e = e - dE[k:]
     tau, e = project(g, tau, e, m.s)
     new_loss = mean_loss(g, W, tau, e, m.s, m.mask, p)
@@ -337,7 +454,7 @@ def lanes_for(
         "activation",
         "max_steps",
         "optimizer",
-        "use_lm",
+        "method",
         "lanes",
         "solver",
         "devices",
@@ -355,7 +472,7 @@ def fit_kernel(
     activation: str,
     max_steps: int,
     optimizer,
-    use_lm: bool,
+    method: str,
     lanes: int,
     solver: SolverSettings,
     devices: tuple = (),
@@ -369,8 +486,10 @@ def fit_kernel(
       keys: (B,) PRNG keys.
       init_knots: (B, k_max) knots for restart 0 in units of t, NaN where free.
       k_max, restarts, activation, max_steps: as in :func:`jaxfeat.fit_batch`.
-      optimizer: an ``optax.GradientTransformation`` (used when ``use_lm`` is False).
-      use_lm: damped Gauss-Newton through the work queue of ``lanes`` vmapped slots.
+      optimizer: an ``optax.GradientTransformation`` (used when ``method`` is ``"optax"``).
+      method: ``"dense"`` or ``"cg"``: damped Gauss-Newton through the work queue of ``lanes``
+        vmapped slots, with the assembled matrix or matrix-free conjugate gradients;
+        ``"optax"``: ``optimizer``, vmapped over every member.
       lanes: work-queue slots per device.
       solver: the engine's constants.
       devices: with more than one device, the target axis (B a multiple of their number) is split
@@ -399,10 +518,11 @@ def fit_kernel(
     def local(p, k_used, keys, knots):
         B = p.shape[0]
         members = jax.vmap(init_target)(keys, k_used, p, knots)
-        if not use_lm:
+        if method == "optax":
             return optax_run(g, reset_progress(members, cfg), p, cfg, optimizer, max_steps)
         members = jax.tree.map(lambda x: x.reshape((B * R, *x.shape[2:])), members)
-        step = jax.vmap(lambda m, pp: lm_step(g, m, pp, cfg))
+        solve = _cg_solve if method == "cg" else _dense_solve
+        step = jax.vmap(lambda m, pp: lm_step(g, m, pp, cfg, solve))
         out = run_queue(members, step, p, min(lanes, B * R), R, cfg)
         return jax.tree.map(lambda x: x.reshape((B, R, *x.shape[1:])), out)
 

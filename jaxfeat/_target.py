@@ -11,6 +11,7 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from . import _validate
+from ._model import Features
 
 
 @jax.tree_util.register_pytree_node_class
@@ -242,6 +243,170 @@ class Target:
             )
         dtype = jnp.result_type(float)
         return cls(t, (n / n.sum(axis=1, keepdims=True)).astype(dtype), tokens)
+
+    def restrict(self, tokens: ArrayLike) -> Target:
+        r"""The curve on a subset S of tokens, each row renormalised: ``p(t)|_S``.
+
+        By the chain rule of KL, for any model q and every t,
+
+        .. math:: \mathrm{KL}(p \| q) \ge p_t(S)\, \mathrm{KL}(p|_S \,\|\, q|_S),
+
+        and ``q|_S`` is the softmax of the model's own logits on S, so a k-feature model on V
+        tokens restricts to a k-feature model on S. Hence a full model within mean KL ``tol``
+        gives a restricted one within ``tol / min_t p_t(S)``: counts and certified bounds for
+        the restricted curve at that tolerance are lower bounds for the full curve at ``tol``.
+
+        Args:
+          tokens: (S,) distinct token indices, S >= 2, each carrying mass somewhere on the grid.
+
+        Returns:
+          The (T, S) target, token names kept.
+
+        Raises:
+          ValueError: for repeated or out-of-range indices, fewer than 2 tokens, or a grid point
+            where the tokens have no mass (named by row).
+
+        Example:
+          >>> tgt = Target([0.0, 1.0], [[0.5, 0.25, 0.25], [0.2, 0.2, 0.6]])
+          >>> tgt.restrict([0, 2]).probs.tolist()
+          [[0.6666666865348816, 0.3333333432674408], [0.25, 0.75]]
+        """
+        idx = self._token_indices(tokens, "tokens")
+        if idx.size < 2:
+            raise ValueError(f"tokens has {idx.size} index; a target needs at least 2 tokens.")
+        p = np.asarray(self.probs, np.float64)[:, idx]
+        mass = p.sum(axis=1)
+        empty = np.flatnonzero(mass == 0)
+        if empty.size:
+            where = _rows(empty, np.asarray(self.t, np.float64))
+            raise ValueError(f"tokens carry no probability at {where}; add a token present there.")
+        names = None if self.tokens is None else tuple(self.tokens[i] for i in idx)
+        return Target(self.t, (p / mass[:, None]).astype(self.probs.dtype), names)
+
+    def top_tokens(self, top: int) -> np.ndarray:
+        """(top,) indices of the ``top`` tokens with the largest maximum probability over t.
+
+        Example:
+          >>> Target([0.0, 1.0], [[0.5, 0.3, 0.2], [0.1, 0.1, 0.8]]).top_tokens(2).tolist()
+          [2, 0]
+        """
+        top = _validate.positive_int(top, "top")
+        if top > self.vocab:
+            raise ValueError(f"top={top} exceeds the vocabulary V = {self.vocab}; lower it.")
+        peak = np.asarray(self.probs, np.float64).max(axis=0)
+        return np.argsort(-peak, kind="stable")[:top]
+
+    def with_rest(self, top: int) -> Target:
+        r"""The ``top`` most probable tokens (by :meth:`top_tokens`) plus one "rest" token.
+
+        The rest token carries ``p_t(R) = 1 - sum_{top} p_t``. With B the merged vocabulary,
+        the chain rule of KL gives, for any model q on the V tokens and every t,
+
+        .. math:: \mathrm{KL}(p \| q) = \mathrm{KL}(p_B \| q_B)
+                  + p_t(R)\, \mathrm{KL}(p(\cdot|R) \,\|\, q(\cdot|R)).
+
+        A model fitted to the merged curve lifts to the full vocabulary (:meth:`lift_rest`): each
+        rest token gets the rest logit plus the log of its share ``r(v)`` of the rest mass averaged
+        over the grid, so ``q(.|R) = r`` and the lifted model's KL is the merged fit's KL plus
+        the fixed term ``p_t(R) KL(p(.|R) || r)`` (returned by :meth:`rest_kl`). Fitting the
+        merged curve therefore costs O(top) per token row instead of O(V), and its count is an
+        upper bound for the full curve at ``tol + mean(rest_kl)``.
+
+        Args:
+          top: number of tokens kept, 1 <= top < V.
+
+        Returns:
+          The (T, top + 1) target; the last token is the rest (named ``"<rest>"`` when the
+          target has names).
+
+        Example:
+          >>> tgt = Target([0.0, 1.0], [[0.5, 0.3, 0.2], [0.1, 0.1, 0.8]])
+          >>> tgt.with_rest(1).probs
+          Array([[0.2, 0.8],
+                 [0.8, 0.2]], dtype=float32)
+        """
+        idx, rest = self._rest_split(top)
+        p = np.asarray(self.probs, np.float64)
+        merged = np.concatenate([p[:, idx], p[:, rest].sum(axis=1, keepdims=True)], axis=1)
+        names = None
+        if self.tokens is not None:
+            names = tuple(self.tokens[i] for i in idx) + ("<rest>",)
+        return Target(self.t, merged.astype(self.probs.dtype), names, normalize=True)
+
+    def rest_kl(self, top: int) -> np.ndarray:
+        """(T,) the KL that :meth:`lift_rest` adds at each grid point: ``p_t(R) KL(p(.|R) || r)``.
+
+        Example:
+          >>> tgt = Target([0.0, 1.0], [[0.4, 0.3, 0.3], [0.2, 0.4, 0.4]])
+          >>> tgt.rest_kl(1).round(6).tolist()  # the rest keeps a fixed split: nothing is lost
+          [0.0, 0.0]
+        """
+        idx, rest = self._rest_split(top)
+        p = np.asarray(self.probs, np.float64)[:, rest]
+        mass = p.sum(axis=1, keepdims=True)
+        cond = np.divide(p, mass, out=np.zeros_like(p), where=mass > 0)
+        r = self._rest_share(rest)
+        pos = cond > 0
+        terms = np.where(pos, cond * (np.log(np.where(pos, cond, 1.0)) - np.log(r)), 0.0)
+        return mass[:, 0] * terms.sum(axis=1)
+
+    def lift_rest(self, params: Features, top: int) -> Features:
+        """Features fitted to ``self.with_rest(top)``, lifted to this target's V tokens.
+
+        Args:
+          params: features on top + 1 tokens, the last being the rest.
+          top: as in :meth:`with_rest`.
+
+        Returns:
+          Features on V tokens whose mean KL on this target is the merged fit's mean KL plus
+          ``mean(self.rest_kl(top))``.
+
+        Example:
+          >>> import jax.numpy as jnp
+          >>> tgt = Target([0.0, 1.0], [[0.4, 0.3, 0.3], [0.2, 0.4, 0.4]])
+          >>> p = Features.create(jnp.zeros(2), jnp.array([[0.0, 1.0]]), jnp.ones(1), jnp.zeros(1))
+          >>> tgt.lift_rest(p, 1).l.shape
+          (1, 3)
+        """
+        idx, rest = self._rest_split(top)
+        if params.vocab != top + 1:
+            raise ValueError(
+                f"params has V = {params.vocab} tokens but with_rest({top}) has {top + 1}; fit "
+                "the merged target."
+            )
+        V = self.vocab
+        log_r = jnp.asarray(np.log(self._rest_share(rest)), params.c.dtype)
+        c = jnp.zeros(params.c.shape[:-1] + (V,), params.c.dtype)
+        c = c.at[..., idx].set(params.c[..., :top]).at[..., rest].set(params.c[..., top:] + log_r)
+        l = jnp.zeros(params.l.shape[:-1] + (V,), params.l.dtype)
+        l = l.at[..., idx].set(params.l[..., :top]).at[..., rest].set(params.l[..., top:])
+        return params._replace(c=c, l=l)
+
+    def _rest_split(self, top: int) -> tuple[np.ndarray, np.ndarray]:
+        top = _validate.positive_int(top, "top")
+        if top >= self.vocab:
+            raise ValueError(f"top={top} leaves no rest token (V = {self.vocab}); use top < V.")
+        idx = self.top_tokens(top)
+        return idx, np.setdiff1d(np.arange(self.vocab), idx)
+
+    def _rest_share(self, rest: np.ndarray) -> np.ndarray:
+        """Each rest token's share of the rest mass, averaged over the grid (never 0)."""
+        p = np.asarray(self.probs, np.float64)[:, rest]
+        mass = p.sum(axis=1, keepdims=True)
+        cond = np.divide(p, mass, out=np.full_like(p, 1.0 / p.shape[1]), where=mass > 0)
+        r = cond.mean(axis=0)
+        r = np.maximum(r, np.finfo(np.float64).tiny)
+        return r / r.sum()
+
+    def _token_indices(self, tokens: ArrayLike, name: str) -> np.ndarray:
+        idx = np.asarray(tokens)
+        if idx.ndim != 1 or not (idx.size == 0 or np.issubdtype(idx.dtype, np.integer)):
+            raise ValueError(f"{name} must be a 1-d array of integer token indices.")
+        if idx.size and (idx.min() < 0 or idx.max() >= self.vocab):
+            raise ValueError(f"{name} has an index outside 0..{self.vocab - 1}.")
+        if np.unique(idx).size != idx.size:
+            raise ValueError(f"{name} repeats a token index; give each token once.")
+        return idx
 
     def __repr__(self) -> str:
         names = f", tokens={self.tokens}" if self.tokens else ""

@@ -24,10 +24,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from . import _logratio, _validate
 from ._arrays import bcast, pow2, x64
@@ -38,6 +40,12 @@ from .theory import max_turning_points
 # costs take O(T^3 V^2) work, so longer grids or larger vocabularies are split into interleaved
 # sub-grids, whose summed bounds are still valid (and only slightly weaker).
 AUTO_SUBGRID = 512
+# Past this vocabulary the default bound splits the tokens into buckets (see
+# segmentation_lower_bound): the AUTO_BUCKET_TOKENS most probable ones, AUTO_BUCKET_SIZE per
+# bucket, so that its cost stops growing with V.
+AUTO_BUCKET_VOCAB = 32
+AUTO_BUCKET_SIZE = 32
+AUTO_BUCKET_TOKENS = 256
 
 # Per grid point of a block, in nats: covers float64 rounding in the certificate (sums of at most a
 # few thousand terms of size <= ~100, each exact to ~1e-16 relative) with a wide margin.
@@ -97,6 +105,9 @@ def _block_kernel(x, p, mask, theta_init, warm, max_iter: int):
     # Tokens absent from the whole block get logit -inf: the infimum sends them there anyway, and
     # fixing them keeps the certificate exact (their dual entries are exactly 0).
     present = jnp.any(pos, axis=-1)  # (n, V)
+    # A token bucket with no mass in the block costs 0; treating its tokens as present keeps the
+    # arithmetic finite (every weight is 0, so the step and the certificate are exactly 0).
+    present = present | ~jnp.any(present, axis=-1, keepdims=True)
     pres = present.astype(dtype)
 
     def logits(theta):
@@ -205,7 +216,10 @@ def _block_costs(t: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
     Args:
       t: (T,) increasing grid.
-      p: (T, V) target distributions.
+      p: (T, n_b, b) target probabilities split into n_b token buckets of b tokens (zero-padded),
+        every row of the (T, n_b * b) array summing to 1. A block's cost is the sum over buckets
+        of ``sum_t p_t(bucket) KL(p_t(.|bucket) || softmax(alpha + beta t))`` (the chain rule of
+        KL; one bucket is the block's whole softmax regression).
 
     Returns:
       ``(lower, primal)``, both (T, T): entry [i, j] is for block i..j (inclusive), ``inf`` for
@@ -213,10 +227,7 @@ def _block_costs(t: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """
     t = np.asarray(t, np.float64)
     p = np.asarray(p, np.float64)
-    # Rows must sum to 1 in float64: otherwise the objective drifts along the gauge direction
-    # (adding a constant to every logit) and is unbounded below.
-    p = p / p.sum(axis=1, keepdims=True)
-    T, V = p.shape
+    T, nb, V = p.shape
     lower = np.full((T, T), np.inf)
     primal = np.full((T, T), np.inf)
     ii = np.arange(T)
@@ -234,14 +245,16 @@ def _block_costs(t: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     top = max(pow2(T), 32)
     levels = np.array([top // 2, top] if top > 64 else [top])
     pads = levels[np.searchsorted(levels, lengths)]
-    last = np.full((T, 2, V), np.nan)  # latest solution per first point, as alpha_t + beta_t t
+    # latest solution per (first point, bucket), as alpha_t + beta_t t
+    last = np.full((T, nb, 2, V), np.nan)
+    pb = p.transpose(1, 0, 2)  # (nb, T, V)
     with x64():
         for P in levels:
             sel = np.nonzero(pads == P)[0]
             if sel.size == 0:
                 continue
             # At least 256 blocks per chunk: short grids of similar length then share one shape.
-            n_chunk = max(1, _CHUNK_SIZE // (P * max(V, 8)))
+            n_chunk = max(1, _CHUNK_SIZE // (P * max(V, 8) * nb))
             n_chunk = min(n_chunk, max(pow2(sel.size), 256))
             for lo in range(0, sel.size, n_chunk):
                 part = sel[lo : lo + n_chunk]
@@ -255,31 +268,100 @@ def _block_costs(t: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
                 mid = (t[i0] + t[j0]) / 2
                 half = (t[j0] - t[i0]) / 2
                 x = np.where(mask, (t[idx] - mid[:, None]) / half[:, None], 0.0)
-                prev = last[i0]
+                prev = last[i0]  # (n, nb, 2, V)
                 init = np.stack(
-                    [prev[:, 0] + prev[:, 1] * mid[:, None], prev[:, 1] * half[:, None]], axis=1
+                    [
+                        prev[:, :, 0] + prev[:, :, 1] * mid[:, None, None],
+                        prev[:, :, 1] * half[:, None, None],
+                    ],
+                    axis=2,
                 )
-                warm = np.isfinite(init).all(axis=(1, 2))
+                warm = np.isfinite(init).all(axis=(2, 3))
+                # (block, bucket) pairs run as one batch of n * nb softmax regressions
                 f, d, theta, _ = _block_kernel(
-                    jnp.asarray(x),
-                    jnp.asarray(p[idx].transpose(0, 2, 1)),
-                    jnp.asarray(mask),
-                    jnp.asarray(np.nan_to_num(init)),
-                    jnp.asarray(warm),
+                    jnp.asarray(np.repeat(x, nb, axis=0)),
+                    jnp.asarray(pb[:, idx].transpose(1, 0, 3, 2).reshape(-1, V, P)),
+                    jnp.asarray(np.repeat(mask, nb, axis=0)),
+                    jnp.asarray(np.nan_to_num(init).reshape(-1, 2, V)),
+                    jnp.asarray(warm.reshape(-1)),
                     max_iter=_MAX_NEWTON,
                 )
                 k = part.size
-                f, d, theta = np.asarray(f)[:k], np.asarray(d)[:k], np.asarray(theta)[:k]
-                beta_t = theta[:, 1] / half[:k, None]
-                sol = np.stack([theta[:, 0] - beta_t * mid[:k, None], beta_t], axis=1)
+                f = np.asarray(f).reshape(-1, nb)[:k]
+                d = np.asarray(d).reshape(-1, nb)[:k]
+                theta = np.asarray(theta).reshape(-1, nb, 2, V)[:k]
+                beta_t = theta[:, :, 1] / half[:k, None, None]
+                sol = np.stack([theta[:, :, 0] - beta_t * mid[:k, None, None], beta_t], axis=2)
                 # Within a chunk blocks come in order of length: keep each start's longest.
                 _, first = np.unique(i0[:k][::-1], return_index=True)
                 pick = k - 1 - first
                 last[i0[pick]] = sol[pick]
                 a, b = i0[:k], j0[:k]
-                primal[a, b] = np.where(np.isfinite(f), np.maximum(f, 0.0), np.inf)
-                lower[a, b] = np.clip(d - _ROUNDING * L[:k], 0.0, primal[a, b])
+                f = np.where(np.isfinite(f), np.maximum(f, 0.0), np.inf)
+                primal[a, b] = f.sum(axis=1)
+                cert = np.clip(d - _ROUNDING * L[:k, None], 0.0, f)
+                lower[a, b] = cert.sum(axis=1)
     return lower, primal
+
+
+def token_buckets(target: Target, size: int = 16, max_tokens: int | None = None) -> list[np.ndarray]:
+    """Token buckets for the bucketed segmentation bound: tokens by mean probability, dealt out.
+
+    The bound loses, per block, what the bucket totals alone could tell (the KL between bucket
+    masses), and keeps each bucket's internal movement. Dealing the tokens, most probable
+    first, round-robin into buckets makes every bucket a similar mix, so bucket masses move
+    little and each bucket keeps the relative moves of heavy and light tokens; on random smooth
+    curves this measured tighter than chunks of consecutive tokens or random buckets
+    (``benchmarks/throughput.py``, section ``large_vocab``). Tokens past ``max_tokens`` are left
+    out, which keeps the bound valid (each bucket's term is >= 0) and its cost independent of V.
+
+    Args:
+      target: the curve (V tokens).
+      size: tokens per bucket (>= 2; a bucket of one token bounds nothing).
+      max_tokens: keep only this many most probable tokens (default: all).
+
+    Returns:
+      Disjoint (size,)-or-shorter int arrays of token indices, most probable first.
+
+    Example:
+      >>> import jaxfeat
+      >>> [b.size for b in token_buckets(jaxfeat.targets.random_smooth(0, 3, 40), size=16)]
+      [14, 13, 13]
+    """
+    size = _validate.positive_int(size, "size")
+    if size < 2:
+        raise ValueError(f"size={size} must be at least 2: a one-token bucket bounds nothing.")
+    order = np.argsort(-np.asarray(target.probs, np.float64).mean(axis=0), kind="stable")
+    if max_tokens is not None:
+        order = order[: _validate.positive_int(max_tokens, "max_tokens")]
+    n = -(-order.size // size)
+    return [order[i::n] for i in range(n)]
+
+
+def _bucketed(p: np.ndarray, buckets) -> np.ndarray:
+    """(T, n_b, b) probabilities of each bucket's tokens, zero-padded to the largest bucket."""
+    T, V = p.shape
+    if buckets is None:
+        return p[:, None, :]
+    seen = np.zeros(V, bool)
+    out = []
+    for i, b in enumerate(buckets):
+        b = np.asarray(b)
+        if b.ndim != 1 or b.size == 0 or not np.issubdtype(b.dtype, np.integer):
+            raise ValueError(f"buckets[{i}] must be a non-empty 1-d array of token indices.")
+        if b.min() < 0 or b.max() >= V:
+            raise ValueError(f"buckets[{i}] has a token index outside 0..{V - 1}.")
+        if seen[b].any() or np.unique(b).size != b.size:
+            raise ValueError(f"buckets[{i}] repeats a token; buckets must be disjoint.")
+        seen[b] = True
+        out.append(b)
+    if not out:
+        raise ValueError("buckets is empty; pass None for one bucket of every token.")
+    width = max(b.size for b in out)
+    q = np.zeros((T, len(out), width))
+    for i, b in enumerate(out):
+        q[:, i, : b.size] = p[:, b]
+    return q
 
 
 def _partitions(C: np.ndarray, max_blocks: int) -> tuple[np.ndarray, np.ndarray]:
@@ -361,6 +443,7 @@ def segmentation_lower_bound(
     *,
     tol: float | None = None,
     subgrid: int | None = None,
+    buckets: Sequence[ArrayLike] | None = None,
 ) -> SegmentationBound:
     r"""Certified lower bounds on the mean KL of any k-feature model, for k = 1..k_max.
 
@@ -389,6 +472,14 @@ def segmentation_lower_bound(
         them up. Valid, slightly weaker, and m^2 times cheaper than the full grid. ``None``
         picks the fewest sub-grids that keep the work near that of ``AUTO_SUBGRID`` points and
         3 tokens (the full grid up to 512 points for V = 3).
+      buckets: disjoint arrays of token indices (see :func:`token_buckets`). By the chain rule,
+        ``KL(p || q) >= sum_b p(b) KL(p(.|b) || q(.|b))``, and ``q(.|b)`` is a softmax of the
+        bucket's own logits, affine on each block when the model's are; so each block's cost
+        may be replaced by a sum of small softmax regressions, one per bucket, weighted by the
+        bucket's mass. Still a certified bound (tokens in no bucket are dropped, which only lowers
+        it); one bucket of every token is the exact block cost. Cost O(T^3 V b) for buckets of b
+        tokens instead of O(T^3 V^2). ``None``: one bucket up to ``AUTO_BUCKET_VOCAB`` tokens,
+        else ``token_buckets(target, AUTO_BUCKET_SIZE, AUTO_BUCKET_TOKENS)``.
 
     Returns:
       :class:`SegmentationBound`.
@@ -419,10 +510,18 @@ def segmentation_lower_bound(
         )
     t = np.asarray(target.t, np.float64)
     p = np.asarray(target.probs, np.float64)
-    T = t.shape[0]
+    # Rows must sum to 1 in float64: otherwise the objective drifts along the gauge direction
+    # (adding a constant to every logit) and is unbounded below.
+    p = p / p.sum(axis=1, keepdims=True)
+    T, V = p.shape
+    if buckets is None and V > AUTO_BUCKET_VOCAB:
+        buckets = token_buckets(target, AUTO_BUCKET_SIZE, AUTO_BUCKET_TOKENS)
+    pb = _bucketed(p, buckets)
     if subgrid is None:
-        work = lambda n, v: float(n) ** 3 * (v * v + 16)  # 16: the per-point work besides V^2
-        parts = int(np.ceil(np.sqrt(work(T, p.shape[1]) / work(AUTO_SUBGRID, 3)) - 1e-9))
+        # 16: the per-point work besides V^2
+        work = lambda n, nb, v: float(n) ** 3 * nb * (v * v + 16)
+        parts = work(T, pb.shape[1], pb.shape[2]) / work(AUTO_SUBGRID, 1, 3)
+        parts = int(np.ceil(np.sqrt(parts) - 1e-9))
         subgrid = -(-T // max(parts, 1))
     subgrid = _validate.positive_int(subgrid, "subgrid")
     if subgrid < 2:
@@ -435,7 +534,7 @@ def segmentation_lower_bound(
     for r in range(m):
         keep = np.arange(r, T, m)
         S = keep.size
-        lower, primal = _block_costs(t[keep], p[keep])
+        lower, primal = _block_costs(t[keep], pb[keep])
         upper = np.triu_indices(S)
         # inf where a block's solver failed
         solver_tol = max(solver_tol, float(np.max(primal[upper] - lower[upper])))

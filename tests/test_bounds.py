@@ -122,7 +122,7 @@ def test_dp_matches_brute_force_on_random_costs():
 @pytest.mark.parametrize("seed", [0, 1])
 def test_dp_matches_brute_force_on_block_costs(seed):
     tgt = _random_target(seed)
-    lower, _ = bounds._block_costs(np.asarray(tgt.t), np.asarray(tgt.probs))
+    lower, _ = bounds._block_costs(np.asarray(tgt.t), _probs64(tgt)[:, None])
     best, _ = bounds._partitions(lower, 7)
     for m in range(1, 8):
         assert best[m - 1, -1] == pytest.approx(_brute_force(lower, m), rel=1e-12, abs=1e-15)
@@ -132,7 +132,7 @@ def test_dp_matches_brute_force_on_block_costs(seed):
 def test_block_costs_match_independent_solver(seed):
     tgt = _random_target(seed)
     t, p = np.asarray(tgt.t, np.float64), _probs64(tgt)
-    lower, primal = bounds._block_costs(t, p)
+    lower, primal = bounds._block_costs(t, p[:, None])
     T = t.size
     for i in range(T):
         for j in range(i, T):
@@ -152,7 +152,7 @@ def test_block_costs_with_zero_probabilities():
     p[1:, 2] = 0.0  # token 2 only at the first point: the optimum lies at infinity
     p[0, 2] = 0.3
     p /= p.sum(axis=1, keepdims=True)
-    lower, primal = bounds._block_costs(t, p)
+    lower, primal = bounds._block_costs(t, p[:, None])
     upper = np.triu_indices(t.size)
     assert np.all(np.isfinite(lower[upper])) and np.all(np.isfinite(primal[upper]))
     assert np.all(lower[upper] >= 0) and np.all(primal[upper] - lower[upper] < 1e-10)
@@ -212,7 +212,7 @@ def test_soundness_check_rejects_wrong_bounds(seed):
         p = _probs64(tgt)
         model_kl = _mean_kl64(p, z)
         T = t.size
-        lower, _ = bounds._block_costs(t, p)
+        lower, _ = bounds._block_costs(t, p[:, None])
         # Wrong 1: one block too few (k blocks for k features).
         too_few = bounds._partitions(lower, k)[0][k - 1, -1] / T
         # Wrong 2: no min over beta (blocks of constant logits): cost = sum KL(p_t || block mean).

@@ -27,7 +27,7 @@ def test_work_queue_result_does_not_depend_on_the_lane_count():
         activation="relu",
         max_steps=200,
         optimizer=None,
-        use_lm=True,
+        method="dense",
         solver=jaxfeat.SolverSettings(),
         **SMALL,
     )
