@@ -104,7 +104,7 @@ def _linearise(g: Grid, m: Member, p) -> _Linearised:
     qv = q - q * q
     dW = (X * X).T @ qv / T
     DL = D * (q @ L.T)  # (T, nE): the mean logit change, removed by the softmax
-    dE = jnp.sum((D * D) * ((q @ (L * L).T)), axis=0) / T - jnp.sum(DL * DL, axis=0) / T
+    dE = jnp.sum((D * D) * (q @ (L * L).T), axis=0) / T - jnp.sum(DL * DL, axis=0) / T
     grad = jnp.concatenate([gW.reshape(-1), gE])
     return _Linearised(X, q, D, L, grad, frozen, jnp.concatenate([dW.reshape(-1), dE]))
 
@@ -197,7 +197,7 @@ def _cg_solve(lin: _Linearised, lam, cfg: Config):
     tol2 = (s.cg_rtol**2) * jnp.vdot(b, precond(b))
 
     def cond(c):
-        x, r, z, d, rz, it = c
+        _x, _r, _z, _d, rz, it = c
         return (it < s.cg_steps) & (rz > tol2)
 
     def body(c):

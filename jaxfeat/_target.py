@@ -330,7 +330,7 @@ class Target:
         merged = np.concatenate([p[:, idx], p[:, rest].sum(axis=1, keepdims=True)], axis=1)
         names = None
         if self.tokens is not None:
-            names = tuple(self.tokens[i] for i in idx) + ("<rest>",)
+            names = (*tuple(self.tokens[i] for i in idx), "<rest>")
         return Target(self.t, merged.astype(self.probs.dtype), names, normalize=True)
 
     def rest_kl(self, top: int) -> np.ndarray:
@@ -341,7 +341,7 @@ class Target:
           >>> tgt.rest_kl(1).round(6).tolist()  # the rest keeps a fixed split: nothing is lost
           [0.0, 0.0]
         """
-        idx, rest = self._rest_split(top)
+        _idx, rest = self._rest_split(top)
         p = np.asarray(self.probs, np.float64)[:, rest]
         mass = p.sum(axis=1, keepdims=True)
         cond = np.divide(p, mass, out=np.zeros_like(p), where=mass > 0)
@@ -376,9 +376,9 @@ class Target:
             )
         V = self.vocab
         log_r = jnp.asarray(np.log(self._rest_share(rest)), params.c.dtype)
-        c = jnp.zeros(params.c.shape[:-1] + (V,), params.c.dtype)
+        c = jnp.zeros((*params.c.shape[:-1], V), params.c.dtype)
         c = c.at[..., idx].set(params.c[..., :top]).at[..., rest].set(params.c[..., top:] + log_r)
-        l = jnp.zeros(params.l.shape[:-1] + (V,), params.l.dtype)
+        l = jnp.zeros((*params.l.shape[:-1], V), params.l.dtype)
         l = l.at[..., idx].set(params.l[..., :top]).at[..., rest].set(params.l[..., top:])
         return params._replace(c=c, l=l)
 

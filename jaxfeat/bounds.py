@@ -304,7 +304,9 @@ def _block_costs(t: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return lower, primal
 
 
-def token_buckets(target: Target, size: int = 16, max_tokens: int | None = None) -> list[np.ndarray]:
+def token_buckets(
+    target: Target, size: int = 32, max_tokens: int | None = None
+) -> list[np.ndarray]:
     """Token buckets for the bucketed segmentation bound: tokens by mean probability, dealt out.
 
     The bound loses, per block, what the bucket totals alone could tell (the KL between bucket

@@ -9,6 +9,8 @@ import itertools
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy.optimize import minimize
 from scipy.special import logsumexp
 
@@ -276,3 +278,104 @@ def test_segmentation_bad_inputs():
         segmentation_lower_bound(tgt, 3, subgrid=1)
     with pytest.raises(ValueError, match="Target"):
         segmentation_lower_bound(np.zeros((7, 3)), 3)
+
+
+# ---------------------------------------------------------------------------------------------
+# Token buckets (large vocabularies)
+
+
+def _wide_model(seed: int, k: int, V: int, T: int = 24):
+    """A k-feature model on V tokens: logit scale as for real vocabularies (std 2)."""
+    rng = np.random.default_rng(seed)
+    t = np.linspace(0.0, 1.0, T)
+    idx = np.round(np.linspace(0, T - 1, k + 2)[1:-1]).astype(int)
+    s = rng.choice([-1.0, 1.0], k)
+    params = jaxfeat.Features.create(
+        c=rng.normal(0, 2, V).astype(np.float32),
+        l=rng.normal(0, 3, (k, V)).astype(np.float32),
+        w=s.astype(np.float32),
+        b=(-s * (t[idx] + t[idx + 1]) / 2).astype(np.float32),
+    )
+    return t, params
+
+
+@settings(max_examples=8)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    k=st.integers(1, 3),
+    V=st.integers(50, 500),
+    noise=st.sampled_from([0.0, 0.3, 1.0]),
+)
+def test_bucketed_bound_is_sound_for_k_feature_models(seed, k, V, noise):
+    # The default bound past AUTO_BUCKET_VOCAB tokens: round-robin buckets of the most probable
+    # tokens, the others dropped. It must stay below the mean KL of the k-feature model itself,
+    # on the model's curve and on noisy versions of it.
+    t, params = _wide_model(seed, k, V)
+    z = np.asarray(jaxfeat.logits(params, t), np.float64)
+    z = z + np.random.default_rng(seed + 1).normal(0, noise, z.shape)
+    tgt = jaxfeat.Target.from_logits(t, z)
+    clean = np.asarray(jaxfeat.logits(params, t), np.float64)
+    sb = segmentation_lower_bound(tgt, 4)
+    model_kl = _mean_kl64(_probs64(tgt), clean)
+    assert not _violates(sb.bounds[k - 1], model_kl)
+    assert np.all(np.diff(sb.bounds) <= 0) and np.all(sb.bounds >= 0)
+    if noise >= 1.0:  # not vacuous: noise no k + 1 affine blocks can fit
+        assert sb.bounds[k - 1] > 0.1 * model_kl
+
+
+def test_bucket_soundness_check_rejects_unweighted_buckets():
+    """The check above has teeth: bucket costs without their mass weights p_t(b) overstate."""
+    t, params = _wide_model(0, 2, 60)
+    z = np.asarray(jaxfeat.logits(params, t), np.float64)
+    noisy = z + np.random.default_rng(1).normal(0, 1.0, z.shape)
+    tgt = jaxfeat.Target.from_logits(t, noisy)
+    p = _probs64(tgt)
+    model_kl = _mean_kl64(p, z)
+    buckets = bounds.token_buckets(tgt, 8)
+    pb = bounds._bucketed(p, buckets)
+    right = bounds._partitions(bounds._block_costs(t, pb)[0], 3)[0][2, -1] / t.size
+    # Wrong: every bucket's conditional rows, each weighted 1 instead of its mass.
+    mass = pb.sum(axis=2, keepdims=True)
+    unweighted = pb / mass / pb.shape[1]
+    wrong = bounds._block_costs(t, unweighted)[0] * pb.shape[1]
+    wrong = bounds._partitions(wrong, 3)[0][2, -1] / t.size
+    assert not _violates(right, model_kl)
+    assert _violates(wrong, model_kl)
+
+
+def test_one_bucket_is_the_exact_bound_and_buckets_are_weaker():
+    tgt = _random_target(5, T=16, V=12)
+    exact = segmentation_lower_bound(tgt, 4).bounds  # V <= AUTO_BUCKET_VOCAB: one bucket
+    one = segmentation_lower_bound(tgt, 4, buckets=[np.arange(12)]).bounds
+    np.testing.assert_array_equal(exact, one)
+    for size in (3, 6):
+        split = segmentation_lower_bound(tgt, 4, buckets=bounds.token_buckets(tgt, size)).bounds
+        assert np.all(split <= exact + 1e-12) and split[0] > 0.2 * exact[0]
+    # Dropping tokens keeps a bound, a weaker one.
+    top = segmentation_lower_bound(tgt, 4, buckets=bounds.token_buckets(tgt, 6, 6)).bounds
+    assert np.all(top <= split + 1e-12)
+
+
+def test_token_buckets_deal_tokens_round_robin():
+    tgt = _random_target(6, T=8, V=10)
+    order = np.argsort(-np.asarray(tgt.probs, np.float64).mean(axis=0), kind="stable")
+    b = bounds.token_buckets(tgt, 4)
+    assert [x.size for x in b] == [4, 3, 3]
+    np.testing.assert_array_equal(np.concatenate(b), order[np.r_[0:10:3, 1:10:3, 2:10:3]])
+    assert [x.size for x in bounds.token_buckets(tgt, 4, max_tokens=5)] == [3, 2]
+    with pytest.raises(ValueError, match="size=1 must be at least 2"):
+        bounds.token_buckets(tgt, 1)
+
+
+@pytest.mark.parametrize(
+    ("buckets", "match"),
+    [
+        ([np.array([0, 1]), np.array([1, 2])], r"buckets\[1\] repeats a token"),
+        ([np.array([0, 7])], r"buckets\[0\] has a token index outside 0..2"),
+        ([np.array([0.0, 1.0])], r"buckets\[0\] must be a non-empty 1-d array"),
+        ([], "buckets is empty"),
+    ],
+)
+def test_bad_buckets_are_named(buckets, match):
+    with pytest.raises(ValueError, match=match):
+        segmentation_lower_bound(_random_target(0), 2, buckets=buckets)

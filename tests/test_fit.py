@@ -213,3 +213,52 @@ def test_batch_is_sharded_over_several_cpu_devices():
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "ok"
+
+
+# ---------------------------------------------------------------------------------------------
+# Large vocabularies: the matrix-free Gauss-Newton path
+
+DENSE = jaxfeat.SolverSettings(lm_max_params=10**9)
+MATRIX_FREE = jaxfeat.SolverSettings(lm_max_params=0)
+
+
+@pytest.mark.parametrize("activation", ["relu", "jumprelu"])
+def test_matrix_free_path_takes_the_dense_paths_steps(activation):
+    # Same members, same phases: conjugate gradients to 1e-2 solve the same damped systems, so
+    # ReLU restarts land where dense Cholesky steps take them, to a fraction of a percent. A
+    # JumpReLU restart can branch to another local minimum on a slightly different
+    # step; the best restart must still match.
+    tgt = targets.random_smooth(1, 2, 40, n=N)
+    dense = jaxfeat.fit(tgt, 3, activation=activation, solver=DENSE, **SMALL)
+    free = jaxfeat.fit(tgt, 3, activation=activation, solver=MATRIX_FREE, **SMALL)
+    if activation == "relu":
+        np.testing.assert_allclose(free.restart_losses, dense.restart_losses, rtol=1e-2)
+    assert float(free.mean_kl) <= 1.01 * float(dense.mean_kl)
+    # ... and it is a model of the public class, whose loss the fit reports
+    lq = jaxfeat.log_probs(free.params, tgt.t, activation)
+    np.testing.assert_allclose(jaxfeat.kl(tgt.probs, lq).mean(), free.mean_kl, rtol=1e-4)
+
+
+def test_large_models_take_the_matrix_free_path_by_default():
+    # (k + 1) V = 5 * 200 > lm_max_params: the default is matrix-free Gauss-Newton, and it refits
+    # a random 3-feature model on 200 tokens far below its own starting loss.
+    t = jnp.linspace(0.0, 1.0, N)
+    tgt = jaxfeat.Target(t, jaxfeat.probs(random_features(3, 3, 200, scale=0.5), t))
+    res = jaxfeat.fit(tgt, 3, **SMALL)
+    assert res.params.l.shape == (3, 200)
+    assert float(res.mean_kl) < 1e-3, float(res.mean_kl)
+
+
+def test_matrix_free_path_in_float64_jit_and_vmap():
+    with x64():
+        t = jnp.linspace(0.0, 1.0, N, dtype=jnp.float64)
+        prm = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), random_features(4, 2, 40))
+        probs = jaxfeat.probs(prm, t)
+
+        @jax.jit
+        def fit_two(p):
+            return jaxfeat.fit_batch(t, p, 2, solver=MATRIX_FREE, **SMALL)
+
+        res = fit_two(jnp.stack([probs, probs[::-1]]))
+        assert res.params.c.dtype == jnp.float64
+        assert float(res.mean_kl[0]) < 1e-6, float(res.mean_kl[0])

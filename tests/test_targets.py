@@ -610,3 +610,74 @@ def test_from_counts_with_half_precision_inputs_is_float32(half):
     tgt = Target.from_counts(np.array([0.0, 1.0], half), counts, smoothing=1.0)
     assert tgt.probs.dtype == tgt.t.dtype == jnp.float32
     np.testing.assert_allclose(tgt.probs, [[4 / 6, 2 / 6], [1 / 10, 9 / 10]], rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# The tail: restricting to tokens, merging the rest
+
+
+def _kl64(p, q):
+    pos = p > 0
+    return np.sum(np.where(pos, p * (np.log(np.where(pos, p, 1.0)) - np.log(q)), 0.0), axis=1)
+
+
+@settings(max_examples=25)
+@given(seed=st.integers(0, 2**31 - 1), V=st.integers(4, 40), data=st.data())
+def test_chain_rule_behind_restrict_and_with_rest(seed, V, data):
+    # For any model q: KL(p || q) = KL(p_B || q_B) + p(R) KL(p(.|R) || q(.|R)) >= the restricted
+    # KL weighted by p(S), the identities the docstrings of restrict and with_rest rest on.
+    rng = np.random.default_rng(seed)
+    t = np.linspace(0.0, 1.0, 6)
+    tgt = Target.from_logits(t, rng.normal(0, 2, (6, V)))
+    p = np.asarray(tgt.probs, np.float64)
+    p /= p.sum(axis=1, keepdims=True)
+    q = np.exp(rng.normal(0, 2, (6, V)))
+    q /= q.sum(axis=1, keepdims=True)
+    top = data.draw(st.integers(1, V - 1))
+    idx = tgt.top_tokens(top)
+    rest = np.setdiff1d(np.arange(V), idx)
+    merged = np.asarray(tgt.with_rest(top).probs, np.float64)
+    np.testing.assert_allclose(merged[:, :top], p[:, idx], rtol=1e-5, atol=1e-7)
+    q_b = np.concatenate([q[:, idx], q[:, rest].sum(axis=1, keepdims=True)], axis=1)
+    pr, qr = p[:, rest], q[:, rest]
+    inner = _kl64(pr / pr.sum(axis=1, keepdims=True), qr / qr.sum(axis=1, keepdims=True))
+    full = _kl64(p, q)
+    np.testing.assert_allclose(full, _kl64(merged, q_b) + merged[:, -1] * inner, rtol=1e-4)
+    if top >= 2:
+        sub = np.asarray(tgt.restrict(idx).probs, np.float64)
+        q_s = q[:, idx] / q[:, idx].sum(axis=1, keepdims=True)
+        assert np.all(full >= p[:, idx].sum(axis=1) * _kl64(sub, q_s) - 1e-6)
+
+
+def test_a_fit_of_the_merged_curve_lifts_to_the_full_vocabulary():
+    tgt = targets.random_smooth(2, 2, 30, n=24)
+    merged = tgt.with_rest(5)
+    assert merged.vocab == 6
+    fit = jaxfeat.fit(merged, 2, restarts=2)
+    lifted = tgt.lift_rest(fit.params, 5)
+    full_kl = jaxfeat.kl(tgt.probs, jaxfeat.log_probs(lifted, tgt.t))
+    np.testing.assert_allclose(full_kl, fit.kl + tgt.rest_kl(5), rtol=1e-3, atol=1e-5)
+    # a different within-rest split than the lift's would not give the identity: it has teeth
+    wrong = lifted._replace(c=lifted.c.at[-1].add(1.0))
+    bad = jaxfeat.kl(tgt.probs, jaxfeat.log_probs(wrong, tgt.t))
+    assert float(jnp.mean(bad)) > float(jnp.mean(fit.kl + tgt.rest_kl(5))) + 1e-4
+
+
+def test_tail_methods_name_bad_arguments():
+    p = [[0.5, 0.5, 0.0, 0.0], [0.5, 0.25, 0.25, 0.0]]
+    tgt = Target([0.0, 1.0], p, tokens=("a", "b", "c", "d"))
+    assert tgt.with_rest(2).tokens == ("a", "b", "<rest>")
+    assert tgt.restrict([1, 0]).tokens == ("b", "a")
+    with pytest.raises(ValueError, match="top=4 leaves no rest token"):
+        tgt.with_rest(4)
+    with pytest.raises(ValueError, match="repeats a token index"):
+        tgt.restrict([0, 0])
+    with pytest.raises(ValueError, match="outside 0..3"):
+        tgt.restrict([0, 5])
+    with pytest.raises(ValueError, match="at least 2 tokens"):
+        tgt.restrict([1])
+    with pytest.raises(ValueError, match=r"no probability at row 0 \(t = 0\)"):
+        tgt.restrict([2, 3])
+    with pytest.raises(ValueError, match="fit the merged target"):
+        wide = Features.create(jnp.zeros(4), jnp.zeros((1, 4)), jnp.ones(1), jnp.zeros(1))
+        tgt.lift_rest(wide, 2)
