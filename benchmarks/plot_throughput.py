@@ -221,6 +221,19 @@ def _n_params(key: str, value: float, k: int = 8, V: int = 3) -> float:
     return (k + 1) * V + k
 
 
+def _above_switch(sweep: dict, kind: str) -> tuple[float | None, str]:
+    """Slope of the points above the dense Gauss-Newton size limit, and what ran there.
+
+    Results written since the matrix-free path have ``{kind}_slope_cg``; older ones
+    ``{kind}_slope_lbfgs``, when optax.lbfgs was the default above the limit.
+    """
+    if f"{kind}_slope_cg" in sweep:
+        return sweep[f"{kind}_slope_cg"], "matrix-free Gauss-Newton"
+    if f"{kind}_slope_lbfgs" in sweep:
+        return sweep[f"{kind}_slope_lbfgs"], "lbfgs"
+    return None, "matrix-free Gauss-Newton"
+
+
 def _fit_line(ax, x, y, slope, ls, label) -> None:
     """A power law with the given slope through the geometric centre of the points."""
     c = np.exp(np.mean(np.log(y) - slope * np.log(x)))
@@ -272,10 +285,19 @@ def plot_scaling(res: dict, path: Path, dpi: int = DPI) -> None:
                     "--",
                     f"fit on upper half: ~ {sym}^{slope:.2f}",
                 )
-            gn = sc[key].get("time_slope_gauss_newton" if row == 0 else "memory_slope_gauss_newton")
-            if gn is not None and lm_max:
-                sel = ok & (np.array([_n_params(key, x, K, V0) for x in xs]) <= lm_max)
-                _fit_line(ax, xs[sel], ys[sel], gn, ":", f"Gauss-Newton points: ~ {sym}^{gn:.2f}")
+            kind = "time" if row == 0 else "memory"
+            gn = sc[key].get(f"{kind}_slope_gauss_newton")
+            above, upper_name = _above_switch(sc[key], kind)
+            if lm_max:
+                dense = np.array([_n_params(key, x, K, V0) for x in xs]) <= lm_max
+                if gn is not None:
+                    sel = ok & dense
+                    _fit_line(ax, xs[sel], ys[sel], gn, ":", f"dense points: ~ {sym}^{gn:.2f}")
+                if above is not None and (ok & ~dense).sum() >= 2:
+                    sel = ok & ~dense
+                    _fit_line(
+                        ax, xs[sel], ys[sel], above, "-.", f"{upper_name}: ~ {sym}^{above:.2f}"
+                    )
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize=8, loc="upper left")
             skipped = [p["value"] for p in sc[key]["points"] if "skipped" in p]
@@ -290,15 +312,15 @@ def plot_scaling(res: dict, path: Path, dpi: int = DPI) -> None:
                     color="0.4",
                 )
             if lm_max and key in ("V", "k"):
-                # Where (k + 1) V + k exceeds the Gauss-Newton size limit the default optimiser
-                # becomes optax.lbfgs.
+                # Where (k + 1) V + k exceeds the dense size limit the default optimiser becomes
+                # matrix-free Gauss-Newton (optax.lbfgs in results written before it).
                 switch = (lm_max - K) / (K + 1) if key == "V" else (lm_max - V0) / (V0 + 1)
                 if xs.min() <= switch <= xs.max():
                     ax.axvline(switch, color="0.5", ls=":", lw=1)
                     ax.text(
                         switch,
                         0.03,
-                        "Gauss-Newton | lbfgs",
+                        f"dense | {upper_name}",
                         ha="center",
                         va="bottom",
                         transform=ax.get_xaxis_transform(),

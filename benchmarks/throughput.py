@@ -14,8 +14,14 @@ Methods (same model, loss = mean over the grid of KL(p(t) || q(t)), same k and r
 
 Workloads: one target (``oscillating(2)``, k = 8, 16 restarts); a batch of 256 targets
 (``random_smooth``, bandwidth 1..4, V = 3, T = 256, k = 8, 16 restarts); a k = 1..32 sweep on one
-target (:func:`jaxfeat.fit_ks`); scaling of jaxfeat in batch size, k, T and V; and the cost of
-one Gauss-Newton step inside the fit, against a loss evaluation, a gradient and a Cholesky solve.
+target (:func:`jaxfeat.fit_ks`); scaling of jaxfeat in batch size, k, T and V; the cost of one
+Gauss-Newton step inside the fit, against a loss evaluation, a gradient and a Cholesky solve; and
+large vocabularies (``large_vocab``: ``random_smooth(0, 3, V)``, T = 256, k = 8, 8 restarts, V =
+30..10000): the default fit's quality, time and memory across the switch from dense to
+matrix-free Gauss-Newton and its growth law in V, side by side with the old paths (optax L-BFGS,
+forced dense Gauss-Newton) and long dense runs, the certified segmentation bound at k = 6..12
+with its default token buckets against the fits, and the buckets' tightness against the exact
+one-bucket bound at small V.
 
 Only jaxfeat's public API is used. XLA's buffer sizes come from the public call compiled as one
 program (``jax.jit(fit_batch).lower(...).compile().memory_analysis()``); the cost of a step
@@ -32,12 +38,17 @@ documented subset and are extrapolated; the JSON says so.
 Usage::
 
     python benchmarks/throughput.py [--quick | --smoke] [--out PATH] [--device-label LABEL]
-        [--sections single,batch,ks,scaling,breakdown] [--resume]
+        [--sections single,batch,ks,scaling,breakdown,large_vocab] [--resume]
 
 ``--quick`` runs small sizes in a few minutes; the full run takes about a quarter of an hour on
-two CPU cores; ``--smoke`` runs tiny sizes (compilation dominates) to check that every section
-works, and writes to a temporary file unless ``--out`` is given. Results are written atomically
-after every section; ``--resume`` keeps the sections an interrupted run already wrote.
+two CPU cores for the first five sections and about twenty minutes more for ``large_vocab``;
+``--smoke`` runs tiny sizes (compilation dominates) to check that every section works, and writes
+to a temporary file unless ``--out`` is given. Results are written atomically after every
+section; ``--resume`` keeps every section the file already holds (from a run of the same mode)
+and runs the asked-for ones it lacks, e.g. one new section into the committed results::
+
+    python benchmarks/throughput.py --sections large_vocab --resume \\
+        --out benchmarks/results/throughput_cpu.json
 """
 
 from __future__ import annotations
@@ -77,7 +88,7 @@ from scipy.optimize import minimize
 import jaxfeat
 from jaxfeat import Features
 
-SECTIONS = ("single", "batch", "ks", "scaling", "breakdown")
+SECTIONS = ("single", "batch", "ks", "scaling", "breakdown", "large_vocab")
 # jaxfeat's float32 stall rule (jaxfeat.SolverSettings): every WINDOW steps, stop when the loss
 # fell by at most FTOL * loss + ATOL since the previous check. The SciPy baseline uses the same
 # rule.
@@ -91,6 +102,15 @@ REF_FACTOR = 1.05
 HOLD = optax.set_to_zero()
 # Stall checks further apart than any step budget: every member takes its whole budget.
 NO_STALL = dataclasses.replace(SOLVER, window=2**30)
+# The large-vocabulary section's old paths. One object each for the whole run, like HOLD: the
+# optimiser and the solver settings are static arguments of the compiled fit.
+LBFGS = optax.lbfgs()
+DENSE = dataclasses.replace(SOLVER, lm_max_params=10**9)  # dense Gauss-Newton at every size
+# The issue's targets for the large-vocabulary section.
+LV_QUALITY_FACTOR = REF_FACTOR  # default fit within 1.05 x the long dense Gauss-Newton runs
+LV_BOUND_FACTOR = 3.0  # fit within 3 x the certified bound at k = 6..12 (bound non-zero)
+LV_BOUND_AT_K_FACTOR = 2.0  # fit within 2 x the certified bound at k = 8, large V
+LV_MAX_SLOPE = 1.1  # warm time ~ V^slope
 
 
 # ---------------------------------------------------------------------------------------------
@@ -843,7 +863,8 @@ def growth_laws(
     """Log-log slopes of warm time and compiled-fit memory against the swept size.
 
     Fitted over all points, over the upper half (where fixed costs matter least), and, where the
-    default optimiser changes along the sweep, separately for the Gauss-Newton points.
+    default optimiser changes along the sweep, separately for the dense Gauss-Newton points
+    (``_gauss_newton``) and the matrix-free Gauss-Newton points above ``lm_max_params`` (``_cg``).
     """
     done = [p for p in points if "skipped" not in p]
     xs = np.array([p["value"] for p in done], float)
@@ -861,8 +882,8 @@ def growth_laws(
         out.update(
             time_slope_gauss_newton=_loglog_slope(xs[lm], times[lm]),
             memory_slope_gauss_newton=_loglog_slope(xs[lm], mem[lm]),
-            time_slope_lbfgs=_loglog_slope(xs[~lm], times[~lm]),
-            memory_slope_lbfgs=_loglog_slope(xs[~lm], mem[~lm]),
+            time_slope_cg=_loglog_slope(xs[~lm], times[~lm]),
+            memory_slope_cg=_loglog_slope(xs[~lm], mem[~lm]),
         )
     return out
 
@@ -932,8 +953,10 @@ def section_scaling(cfg: dict, batch: dict | None = None) -> dict:
         "against log size: the growth law is time ~ size^slope. Memory is XLA's buffer total "
         "(temporaries + arguments + outputs) of the same public call compiled as one program, "
         "jax.jit(fit_batch).lower(t, probs).compile().memory_analysis(). The default optimiser "
-        f"switches from Gauss-Newton to optax.lbfgs above {SOLVER.lm_max_params} parameters "
-        "((k + 1) V + k), so the k and V sweeps cross a change of regime; warm_compile_s on a "
+        "switches from dense Gauss-Newton (assembled matrix, Cholesky) to matrix-free "
+        "Gauss-Newton (preconditioned conjugate gradients on J^T F J) above "
+        f"{SOLVER.lm_max_params} parameters ((k + 1) V + k), so the k and V sweeps cross a change "
+        "of regime (slopes _gauss_newton and _cg on either side); warm_compile_s on a "
         "point means its warm calls compiled again. Points after one whose first call took "
         f"longer than {cap} s are skipped."
     )
@@ -1066,6 +1089,420 @@ def section_breakdown(cfg: dict) -> dict:
     }
 
 
+def _lv_params(V: int, k: int) -> tuple[int, str]:
+    """Parameters per restart, (k + 1) V + k, and the path the default fit takes for them."""
+    n = _n_params("V", V, k=k)
+    return n, "dense" if n <= SOLVER.lm_max_params else "cg"
+
+
+def _dense_options(V: int, k: int) -> dict:
+    """Options that make the fit dense Gauss-Newton: none where the default already is (the same
+    program, so no second compile), else ``solver=DENSE`` (``lm_max_params=10**9``)."""
+    return {} if _lv_params(V, k)[1] == "dense" else {"solver": DENSE}
+
+
+def _skip_reason(done, cap: float, field: str = "first_s") -> str | None:
+    """Why a point is skipped: an earlier one (sizes grow) took over ``cap`` seconds."""
+    slow = [p for p in done if p and "skipped" not in p and p.get(field, 0.0) > cap]
+    return f"an earlier call took over {cap} s" if slow else None
+
+
+def _bound_skip_reason(done, V: int, caps: dict) -> str | None:
+    """Why a bound at V is skipped: an earlier one took over ``caps["bound"]`` seconds, or the
+    largest one so far, scaled linearly in V (the default bound's documented growth), predicts
+    more than ``caps["bound_predicted"]``."""
+    why = _skip_reason(done, caps["bound"], "seconds")
+    ran = [p for p in done if "skipped" not in p and "seconds" in p]
+    if why or not ran:
+        return why
+    last = max(ran, key=lambda p: p["V"])
+    estimate = last["seconds"] * V / last["V"]
+    if estimate > caps["bound_predicted"]:
+        return (
+            f"predicted {estimate:.0f} s (V={last['V']}'s {last['seconds']:.0f} s, linear in V), "
+            f"over {caps['bound_predicted']} s"
+        )
+    return None
+
+
+def _lv_fit(tgt, k: int, lv: dict, *, warm: bool = True, memory: bool = True, **options) -> dict:
+    """One :func:`jaxfeat.fit` call, timed (first and warm calls), its loss re-evaluated in float64,
+    and XLA's buffer sizes of the same call compiled as one program."""
+    t, probs = np.asarray(tgt.t), np.asarray(tgt.probs)
+    R, M = options.pop("restarts", lv["restarts"]), options.pop("max_steps", lv["max_steps"])
+    res, rec = measure(
+        lambda: jaxfeat.fit(tgt, k, restarts=R, max_steps=M, **options),
+        warm=warm,
+        max_repeat_s=lv["repeat_s"],
+    )
+    rec.update(
+        restarts=R,
+        max_steps=M,
+        mean_kl=float(res.mean_kl),
+        mean_kl64=float(mean_kl64(res.params, t, probs)),
+        converged=bool(res.converged),
+        num_steps=int(res.num_steps),
+        restarts_converged_fraction=float(np.mean(np.asarray(res.restart_converged))),
+        seconds_per_target=rec["warm_s"],
+    )
+    top = lv["xla_memory_max_V"]
+    if memory and (top is None or tgt.vocab <= top):
+        info = compiled_fit(t, probs[None], k, restarts=R, max_steps=M, **options)[1]
+        rec.update(
+            xla_bytes=info.get("xla_bytes"),
+            xla_total_bytes=info.get("xla_total_bytes"),
+            xla_compile_s=info["compile_s"],
+        )
+    return rec
+
+
+def _lv_quality(lv: dict, target) -> tuple[dict, dict]:
+    """Default fits over the vocabulary list, and the growth law of their warm time in V."""
+    k, cap = lv["k"], lv["cap_s"]["quality"]
+    quality: dict[str, dict] = {}
+    for V in lv["quality_V"]:
+        P, path = _lv_params(V, k)
+        head = {"V": V, "n_params": P, "path": path}
+        why = _skip_reason(quality.values(), cap)
+        if why:
+            quality[str(V)] = {**head, "skipped": why}
+            continue
+        rec = {**head, **_lv_fit(target(V), k, lv)}
+        quality[str(V)] = rec
+        log(
+            f"  large_vocab V={V} ({path}): mean KL {rec['mean_kl64']:.4g} steps "
+            f"{rec['num_steps']} first {rec['first_s']:.2f}s warm {rec['warm_s']:.3f}s"
+            + (
+                f" xla buffers {rec['xla_total_bytes'] / 2**20:.1f} MiB"
+                if "xla_bytes" in rec
+                else ""
+            )
+        )
+    return quality, large_vocab_growth(quality)
+
+
+def large_vocab_growth(quality: dict) -> dict:
+    """Growth laws in V of the default fits (points keyed by str(V), skipped ones left out)."""
+    done = [q for q in quality.values() if "skipped" not in q]
+    cg = [q for q in done if q["path"] == "cg"]
+    dense = [q for q in done if q["path"] == "dense"]
+    slope = lambda pts, f: _loglog_slope([q["V"] for q in pts], [q.get(f) or np.nan for q in pts])
+    return {
+        "time_slope_all": slope(done, "seconds_per_target"),
+        "time_slope_cg": slope(cg, "seconds_per_target"),
+        "time_slope_dense": slope(dense, "seconds_per_target"),
+        "memory_slope_all": slope(done, "xla_total_bytes"),
+        "memory_slope_cg": slope(cg, "xla_total_bytes"),
+        "V_all": [q["V"] for q in done],
+        "V_cg": [q["V"] for q in cg],
+        "required_max_time_slope": LV_MAX_SLOPE,
+        "method": (
+            "least-squares slope of log(warm seconds per target) (or log XLA buffer bytes) "
+            "against log V over the default fits; _cg / _dense: only the points on that path"
+        ),
+    }
+
+
+def _lv_old_paths(lv: dict, target, quality: dict) -> dict:
+    """optax L-BFGS (the old large-problem default) and forced dense Gauss-Newton, same restarts,
+    key and step budget as the default fits, with their ratios to the default fit at that V."""
+    k, cap = lv["k"], lv["cap_s"]["old_paths"]
+    out: dict[str, Any] = {}
+    for name, Vs, options in (
+        ("lbfgs", lv["lbfgs_V"], lambda V: {"optimizer": LBFGS}),
+        ("dense", lv["dense_V"], lambda V: _dense_options(V, k)),
+    ):
+        points: dict[str, dict] = {}
+        for V in Vs:
+            P, path = _lv_params(V, k)
+            head = {"V": V, "n_params": P, "default_path": path}
+            if name == "dense":
+                forced = "SolverSettings(lm_max_params=10**9)"
+                same = "defaults (already dense at this size: the same program)"
+                head["solver"] = forced if options(V) else same
+            why = _skip_reason(points.values(), cap)
+            if why:
+                points[str(V)] = {**head, "skipped": why}
+                continue
+            rec = {**head, **_lv_fit(target(V), k, lv, **options(V))}
+            default = quality.get(str(V), {})
+            rec[f"default_over_{name}_mean_kl"] = _ratio(default.get("mean_kl64"), rec["mean_kl64"])
+            rec[f"{name}_over_default_warm_s"] = _ratio(rec["warm_s"], default.get("warm_s"))
+            points[str(V)] = rec
+            log(
+                f"  large_vocab {name} V={V}: mean KL {rec['mean_kl64']:.4g} "
+                f"first {rec['first_s']:.2f}s warm {rec['warm_s']:.3f}s"
+            )
+        out[name] = points
+    out["note"] = (
+        "lbfgs: optimizer=optax.lbfgs() (the default above lm_max_params before the matrix-free "
+        "path); dense: solver=SolverSettings(lm_max_params=10**9). default_over_X_mean_kl < 1: "
+        "the default fit is better; X_over_default_warm_s > 1: the default fit is faster."
+    )
+    return out
+
+
+def _lv_reference(lv: dict, target, quality: dict, old: dict) -> dict:
+    """Long dense Gauss-Newton runs at one V, the reference for the default fit's quality."""
+    k, R, V = lv["k"], lv["restarts"], lv["reference_V"]
+    out: dict[str, Any] = {"V": V, "max_steps": lv["reference_max_steps"], "runs": {}}
+    if V is None:
+        return {**out, "skipped": "not run in this mode"}
+    cap = lv["cap_s"]["reference"]
+    options = _dense_options(V, k)
+    out["solver"] = "SolverSettings(lm_max_params=10**9)" if options else "defaults (dense)"
+    earlier = [old.get("dense", {}).get(str(V), {})]
+    for restarts, key in lv["reference_runs"]:
+        name = f"restarts_{restarts}_key_{key}"
+        why = _skip_reason(earlier, cap)
+        if why:
+            out["runs"][name] = {"restarts": restarts, "key": key, "skipped": why}
+            continue
+        rec = _lv_fit(
+            target(V),
+            k,
+            lv,
+            warm=False,
+            memory=False,
+            restarts=restarts,
+            max_steps=lv["reference_max_steps"],
+            key=key,
+            **options,
+        )
+        rec["key"] = key
+        out["runs"][name] = rec
+        earlier.append(rec)
+        log(
+            f"  large_vocab long dense V={V} {name}: mean KL {rec['mean_kl64']:.4g} "
+            f"first {rec['first_s']:.2f}s"
+        )
+    done = [r for r in out["runs"].values() if "skipped" not in r]
+    same = [r for r in done if r["restarts"] == R and r["key"] == 0]
+    default = quality.get(str(V), {}).get("mean_kl64")
+    best = min((r["mean_kl64"] for r in done), default=None)
+    ratio = _ratio(default, best)
+    out.update(
+        default_mean_kl=default,
+        best_long_dense_mean_kl=best,
+        default_over_long_dense_same_restarts=_ratio(default, same[0]["mean_kl64"])
+        if same
+        else None,
+        default_over_best_long_dense=ratio,
+        required_max_ratio=LV_QUALITY_FACTOR,
+        met=bool(ratio is not None and ratio <= LV_QUALITY_FACTOR),
+    )
+    return out
+
+
+def _bucket_info(tgt) -> dict:
+    """The token buckets the default bound uses for this target (as its documentation gives
+    them), and the probability mass they keep."""
+    V, bounds = tgt.vocab, jaxfeat.bounds
+    if V > bounds.AUTO_BUCKET_VOCAB:
+        # AUTO_BUCKET_TOKENS: a cap on the tokens kept, in versions that have one.
+        top = getattr(bounds, "AUTO_BUCKET_TOKENS", None)
+        b = bounds.token_buckets(tgt, bounds.AUTO_BUCKET_SIZE, top)
+    else:
+        b = [np.arange(V)]
+    kept = np.concatenate(b)
+    return {
+        "buckets": len(b),
+        "bucket_sizes": sorted({int(x.size) for x in b}),
+        "tokens_kept": int(kept.size),
+        "kept_mass_mean": float(np.asarray(tgt.probs, np.float64)[:, kept].sum(axis=1).mean()),
+    }
+
+
+def _lv_bounds(lv: dict, target, quality: dict) -> tuple[dict, dict]:
+    """The certified bound (default buckets) at k in bound_ks, against fit_ks at those k; and the
+    bound at one k against the default fit there, at larger vocabularies."""
+    ks, R, M, caps = lv["bound_ks"], lv["restarts"], lv["max_steps"], lv["cap_s"]
+    bound: dict[str, dict] = {}
+    for V in lv["bound_V"]:
+        why = _bound_skip_reason(list(bound.values()), V, caps)
+        if why:
+            bound[str(V)] = {"V": V, "skipped": why}
+            continue
+        tgt = target(V)
+        t, probs = np.asarray(tgt.t), np.asarray(tgt.probs)
+        sb = jaxfeat.segmentation_lower_bound(tgt, max(ks))
+        res, fit_rec = measure(
+            lambda tgt=tgt: jaxfeat.fit_ks(tgt, ks, restarts=R, max_steps=M), warm=False
+        )
+        per_k = {}
+        for k, r in zip(ks, res, strict=True):
+            fit = float(mean_kl64(r.params, t, probs))
+            b = float(sb.bounds[k - 1])
+            per_k[str(k)] = {"bound": b, "fit_mean_kl": fit, "fit_over_bound": _ratio(fit, b)}
+        ratios = [v["fit_over_bound"] for v in per_k.values()]
+        worst = None if None in ratios else max(ratios)
+        bound[str(V)] = {
+            "V": V,
+            "seconds": sb.seconds,
+            "solver_tol": sb.solver_tol,
+            **_bucket_info(tgt),
+            "per_k": per_k,
+            "fit_ks": {
+                q: fit_rec[q]
+                for q in ("first_s", "compile_s", "warm_s", "warm_method")
+                if q in fit_rec
+            },
+            "all_nonzero": bool(all(v["bound"] > 0 for v in per_k.values())),
+            "max_fit_over_bound": worst,
+            "within_factor": bool(worst is not None and worst <= LV_BOUND_FACTOR),
+        }
+        log(
+            f"  large_vocab bound V={V}: {sb.seconds:.1f}s, fit / bound "
+            + ", ".join(
+                f"k={k} {v['fit_over_bound'] or float('nan'):.3g}" for k, v in per_k.items()
+            )
+        )
+    kq = lv["bound_k"]
+    points: dict[str, dict] = {}
+    for V in lv["bound_k_V"]:
+        fit = quality.get(str(V), {}).get("mean_kl64")
+        head = {"V": V}
+        if fit is None:
+            points[str(V)] = {**head, "skipped": "no default fit at this V"}
+            continue
+        have = bound.get(str(V), {})
+        if "per_k" in have and str(kq) in have["per_k"]:
+            b, secs = have["per_k"][str(kq)]["bound"], have["seconds"]
+            head["bound_from"] = "the bound section's computation at this V"
+        else:
+            why = _bound_skip_reason([*bound.values(), *points.values()], V, caps)
+            if why:
+                points[str(V)] = {**head, "skipped": why}
+                continue
+            sb = jaxfeat.segmentation_lower_bound(target(V), kq)
+            b, secs = float(sb.bounds[kq - 1]), sb.seconds
+            head.update(_bucket_info(target(V)))
+        points[str(V)] = {
+            **head,
+            "seconds": secs,
+            "bound": b,
+            "fit_mean_kl": fit,
+            "fit_over_bound": _ratio(fit, b),
+        }
+        log(f"  large_vocab bound at k={kq} V={V}: fit / bound {_ratio(fit, b)}")
+    return bound, {
+        "k": kq,
+        "fit": "the default fit of the quality sweep (k, restarts as there)",
+        "required_max_fit_over_bound": LV_BOUND_AT_K_FACTOR,
+        "points": points,
+    }
+
+
+def _lv_tightness(lv: dict) -> dict:
+    """Round-robin token buckets against the exact one-bucket bound, where that is affordable."""
+    T, ks, cap = lv["tightness_T"], lv["tightness_ks"], lv["cap_s"]["tightness"]
+    out: dict[str, dict] = {}
+    for V in lv["tightness_V"]:
+        why = _skip_reason(out.values(), cap, "exact_seconds")
+        if why:
+            out[str(V)] = {"V": V, "skipped": why}
+            continue
+        tgt = jaxfeat.targets.random_smooth(0, lv["bandwidth"], V, n=T)
+        bound = lambda b, tgt=tgt: jaxfeat.segmentation_lower_bound(
+            tgt, max(ks), buckets=b, subgrid=T
+        )
+        exact = bound([np.arange(V)])
+        rec: dict[str, Any] = {
+            "V": V,
+            "exact_seconds": exact.seconds,
+            "exact": {str(k): float(exact.bounds[k - 1]) for k in ks},
+            "bucketed": {},
+            "bucketed_over_exact": {},
+        }
+        for size in lv["tightness_sizes"]:
+            if size >= V:
+                continue
+            sb = bound(jaxfeat.bounds.token_buckets(tgt, size))
+            rec["bucketed"][str(size)] = {
+                "seconds": sb.seconds,
+                "bounds": {str(k): float(sb.bounds[k - 1]) for k in ks},
+            }
+            rec["bucketed_over_exact"][str(size)] = {
+                str(k): _ratio(float(sb.bounds[k - 1]), float(exact.bounds[k - 1])) for k in ks
+            }
+        # The layout of the buckets: token_buckets deals the tokens (sorted by mean probability)
+        # round-robin; against consecutive chunks of that order and a random partition.
+        size = lv["tightness_layout_size"]
+        if size < V:
+            order = np.argsort(-np.asarray(tgt.probs, np.float64).mean(axis=0), kind="stable")
+            perm = np.random.default_rng(0).permutation(V)
+            layouts = {
+                "round_robin": jaxfeat.bounds.token_buckets(tgt, size),
+                "consecutive": [order[i : i + size] for i in range(0, V, size)],
+                "random": [perm[i : i + size] for i in range(0, V, size)],
+            }
+            rec["layout_size"] = size
+            rec["layout_over_exact"] = {}
+            for name, b in layouts.items():
+                sb = bound(b)
+                rec["layout_over_exact"][name] = {
+                    str(k): _ratio(float(sb.bounds[k - 1]), float(exact.bounds[k - 1])) for k in ks
+                }
+        out[str(V)] = rec
+        log(f"  large_vocab bucket tightness V={V}: {rec['bucketed_over_exact']}")
+    return out
+
+
+def section_large_vocab(cfg: dict) -> dict:
+    """The default fit at large vocabularies (dense, then matrix-free Gauss-Newton), against the
+    old paths, long dense runs and the certified segmentation bound."""
+    lv = cfg["large_vocab"]
+    k, R, M, T, bw = lv["k"], lv["restarts"], lv["max_steps"], lv["T"], lv["bandwidth"]
+    target = functools.cache(lambda V: jaxfeat.targets.random_smooth(0, bw, V, n=T))
+    log("large_vocab: default fits")
+    quality, growth = _lv_quality(lv, target)
+    log("large_vocab: old paths (optax L-BFGS, forced dense Gauss-Newton)")
+    old = _lv_old_paths(lv, target, quality)
+    log("large_vocab: long dense Gauss-Newton runs")
+    reference = _lv_reference(lv, target, quality, old)
+    log("large_vocab: certified bounds")
+    bound, bound_at_k = _lv_bounds(lv, target, quality)
+    log("large_vocab: bucket tightness")
+    tightness = _lv_tightness(lv)
+    target.cache_clear()
+    return {
+        "description": (
+            f"jaxfeat.targets.random_smooth(0, {bw}, V) (T={T}), k={k}, {R} restarts, "
+            f"max_steps={M}; jaxfeat.fit with defaults over V, the old paths, long dense runs "
+            "and jaxfeat.segmentation_lower_bound"
+        ),
+        "k": k,
+        "restarts": R,
+        "max_steps": M,
+        "T": T,
+        "bandwidth": bw,
+        "lm_max_params": SOLVER.lm_max_params,
+        "path_rule": (
+            "dense Gauss-Newton where (k + 1) V + k <= SolverSettings.lm_max_params, else "
+            "matrix-free Gauss-Newton (cg)"
+        ),
+        "quality": quality,
+        "growth": growth,
+        "old_paths": old,
+        "reference": reference,
+        "bound_ks": lv["bound_ks"],
+        "bound": bound,
+        "bound_at_k": bound_at_k,
+        "bucket_tightness": tightness,
+        "notes": (
+            "mean_kl is the FitResult's (float32), mean_kl64 the same parameters re-evaluated in "
+            "float64; ratios use mean_kl64. Warm time per target is that of one jaxfeat.fit call "
+            "(warm_method says how it was measured); xla_total_bytes is XLA's buffer total of the "
+            "same call compiled as one program. bound: segmentation_lower_bound with its default "
+            "token buckets and sub-grids (buckets, tokens_kept, kept_mass_mean: the buckets its "
+            "documentation gives); fit_over_bound >= 1 always. "
+            "bucket_tightness: bounds with token_buckets(target, size) over the exact one-bucket "
+            "bound (buckets=[arange(V)]), both on the full grid. Points after one that took "
+            "longer than the cap_s of its group are skipped."
+        ),
+    }
+
+
 # ---------------------------------------------------------------------------------------------
 # Driver
 
@@ -1098,6 +1535,40 @@ def config(mode: str) -> dict:
     """Sizes of a run: ``full``, ``quick`` (a few minutes) or ``smoke`` (tiny, to check the code:
     every call of one shape shares one compiled fit, so compilation is what it costs)."""
     sizes = {"k": 8, "T": 256, "V": 3, "restarts": RESTARTS, "max_steps": MAX_STEPS}
+    large_vocab = {
+        "k": 8,
+        "restarts": 8,
+        "max_steps": MAX_STEPS,
+        "T": 256,
+        "bandwidth": 3,
+        "quality_V": [30, 100, 300, 1000, 3000, 10000],
+        "lbfgs_V": [100, 300],
+        "dense_V": [100],
+        "reference_V": 100,
+        "reference_max_steps": 800,
+        "reference_runs": [[8, 0], [32, 1]],  # [restarts, key]
+        "bound_V": [300, 1000],
+        "bound_ks": list(range(6, 13)),
+        "bound_k": 8,
+        "bound_k_V": [1000, 10000],
+        "tightness_V": [8, 16, 30, 64],
+        "tightness_T": 64,
+        "tightness_sizes": [4, 8, 16, 32],
+        "tightness_layout_size": 8,
+        "tightness_ks": [4, 6, 8],
+        "repeat_s": 20.0,
+        # Seconds: within each group, points after one whose call took longer are skipped.
+        "cap_s": {
+            "quality": 300.0,
+            "old_paths": 90.0,
+            "reference": 90.0,
+            "bound": 400.0,
+            "bound_predicted": 600.0,
+            "tightness": 60.0,
+        },
+        # XLA buffer sizes (one more compile per call) up to this V; None: at every V.
+        "xla_memory_max_V": None,
+    }
     if mode == "smoke":
         return {
             "k": 2,
@@ -1123,6 +1594,32 @@ def config(mode: str) -> dict:
             "scaling_cap_s": 60.0,
             "breakdown_size": 4,
             "breakdown_budgets": [26, 60],
+            # The other sections' fit (k, T, restarts, max_steps) at V = 3, whose compiled
+            # programs (eager and as one program) the dense, reference and V = 3 calls reuse; one
+            # new fit program, at V = 200 (the cg path). optax L-BFGS (one more program, the same
+            # code as the dense comparison) and XLA buffers past V = 3 are left to larger runs.
+            "large_vocab": {
+                **large_vocab,
+                "k": 2,
+                "restarts": 2,
+                "max_steps": 10,
+                "T": 32,
+                "quality_V": [3, 200],
+                "lbfgs_V": [],
+                "dense_V": [3],
+                "reference_V": 3,
+                "reference_max_steps": 10,
+                "reference_runs": [[2, 0], [2, 1]],
+                "xla_memory_max_V": 3,
+                "bound_V": [200],
+                "bound_ks": [2],
+                "bound_k": 2,
+                "bound_k_V": [200],
+                "tightness_V": [8],
+                "tightness_T": 16,
+                "tightness_ks": [2, 3],
+                "repeat_s": 2.0,
+            },
         }
     if mode == "quick":
         return {
@@ -1144,6 +1641,14 @@ def config(mode: str) -> dict:
             "scaling_cap_s": 10.0,
             "breakdown_size": 4,
             "breakdown_budgets": [100, MAX_STEPS],
+            "large_vocab": {
+                **large_vocab,
+                "quality_V": [30, 100, 300, 1000],
+                "lbfgs_V": [100],
+                "reference_runs": [[8, 0]],
+                "bound_k_V": [1000],
+                "tightness_V": [8, 16],
+            },
         }
     return {
         **sizes,
@@ -1169,12 +1674,70 @@ def config(mode: str) -> dict:
         "scaling_cap_s": 40.0,
         "breakdown_size": 16,
         "breakdown_budgets": [100, MAX_STEPS],
+        "large_vocab": large_vocab,
     }
 
 
 def goals(results: dict) -> dict:
-    """The issue's targets on the 256-target batch, against what was measured."""
-    batch = results.get("batch")
+    """The issues' targets, against what was measured: speed-ups on the 256-target batch, and the
+    large-vocabulary section's quality, bound and growth-law targets (each where it ran)."""
+    out = _batch_goals(results.get("batch"), results)
+    lv = results.get("large_vocab")
+    if lv:
+        out.update(_large_vocab_goals(lv))
+    return out
+
+
+def _large_vocab_goals(lv: dict) -> dict:
+    ref, growth = lv["reference"], lv["growth"]
+    bounds = [b for b in lv["bound"].values() if "skipped" not in b]
+    worst = [b["max_fit_over_bound"] for b in bounds]
+    worst_all = None if not worst or None in worst else max(worst)
+    at_k = lv["bound_at_k"]
+    ratios = {V: p.get("fit_over_bound") for V, p in at_k["points"].items() if "skipped" not in p}
+    slope, slope_cg = growth["time_slope_all"], growth["time_slope_cg"]
+    return {
+        "large_vocab_quality": {
+            "required_max_default_over_best_long_dense": LV_QUALITY_FACTOR,
+            "default_over_best_long_dense": ref.get("default_over_best_long_dense"),
+            "default_over_long_dense_same_restarts": ref.get(
+                "default_over_long_dense_same_restarts"
+            ),
+            "V": ref["V"],
+            "met": bool(ref.get("met", False)),
+        },
+        "large_vocab_bound": {
+            "required_max_fit_over_bound": LV_BOUND_FACTOR,
+            "ks": lv["bound_ks"],
+            "max_fit_over_bound": worst_all,
+            "all_nonzero": bool(bounds and all(b["all_nonzero"] for b in bounds)),
+            "V": [b["V"] for b in bounds],
+            "met": bool(
+                bounds
+                and all(b["all_nonzero"] for b in bounds)
+                and worst_all is not None
+                and worst_all <= LV_BOUND_FACTOR
+            ),
+        },
+        "large_vocab_bound_at_k": {
+            "k": at_k["k"],
+            "required_max_fit_over_bound": LV_BOUND_AT_K_FACTOR,
+            "fit_over_bound": ratios,
+            "met": bool(
+                ratios and all(r is not None and r <= LV_BOUND_AT_K_FACTOR for r in ratios.values())
+            ),
+        },
+        "large_vocab_growth": {
+            "required_max_time_slope": LV_MAX_SLOPE,
+            "time_slope_all": slope,
+            "time_slope_cg": slope_cg,
+            "met": bool(slope is not None and slope <= LV_MAX_SLOPE),
+            "met_cg_points": bool(slope_cg is not None and slope_cg <= LV_MAX_SLOPE),
+        },
+    }
+
+
+def _batch_goals(batch: dict | None, results: dict) -> dict:
     if not batch:
         return {}
     out = {}
@@ -1234,7 +1797,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--resume",
         action="store_true",
-        help="keep the sections already in --out (same mode) and run the others",
+        help="keep every section already in --out (same mode) and run the asked-for ones "
+        "that are not there yet",
     )
     args = ap.parse_args(argv)
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
@@ -1285,7 +1849,9 @@ def main(argv: list[str] | None = None) -> int:
         old_settings = old.get("settings", {})
         old_mode = old_settings.get("mode", "quick" if old_settings.get("quick") else "full")
         if old_mode == mode:
-            kept = [s for s in sections if s in old]
+            # Every section already written is kept, asked for or not (so a run of one new
+            # section adds it to the file); only the asked-for sections not yet there run.
+            kept = [s for s in SECTIONS if s in old]
             results.update({s: old[s] for s in kept})
             results["environment"] = dict(old["environment"], resumed_with=results["environment"])
             sections = [s for s in sections if s not in kept]
@@ -1296,6 +1862,7 @@ def main(argv: list[str] | None = None) -> int:
         "ks": lambda: section_ks(cfg),
         "scaling": lambda: section_scaling(cfg, _batch_point(results)),
         "breakdown": lambda: section_breakdown(cfg),
+        "large_vocab": lambda: section_large_vocab(cfg),
     }
     for s in sections:
         t0 = time.perf_counter()

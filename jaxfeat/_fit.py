@@ -161,8 +161,10 @@ def fit_batch(
       max_steps: optimiser steps per restart.
       key: integer seed or PRNG key (split into one key per target), or (B,) PRNG keys, one per
         target; the same key gives the same result.
-      optimizer: any ``optax.GradientTransformation``; ``None`` uses damped Gauss-Newton when the
-        model has at most ``solver.lm_max_params`` parameters and ``optax.lbfgs`` otherwise.
+      optimizer: any ``optax.GradientTransformation``; ``None`` uses damped Gauss-Newton, with
+        the assembled matrix when the model has at most ``solver.lm_max_params`` parameters and
+        matrix-free conjugate gradients otherwise (each step O(T (k + 1) V), memory O(T V +
+        k^2 V) per member, for vocabularies in the thousands).
       k_max: feature slots (default ``max(k)``); fix it to reuse one compilation across calls.
       init_knots: optional (B, k_max) knot positions in units of t for the first restart
         (NaN where free), e.g. the breakpoints of an optimal segmentation.

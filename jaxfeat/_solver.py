@@ -2,11 +2,12 @@
 
 Every (target, restart) pair is a :class:`~jaxfeat._hinge.Member`. Damped Gauss-Newton
 (Levenberg-Marquardt) moves it with the exact generalised Gauss-Newton matrix
-``J^T (diag q - q q^T) J``, assembled from its Kronecker-structured blocks, through four phases:
+``J^T (diag q - q q^T) J``, assembled from its Kronecker-structured blocks (or, for large
+vocabularies, applied matrix-free inside preconditioned conjugate gradients), through four phases:
 a convex (c, l) solve at fixed knots, a joint stretch, a second convex solve at the knots it found
 and a second joint stretch, each phase starting from fresh damping. Members run through a work
-queue of vmapped lanes, each at its own pace (:func:`run_queue`). Large problems or a user-given
-optax optimiser use a first-order loop on the same loss (:func:`optax_run`). :func:`fit_kernel`
+queue of vmapped lanes, each at its own pace (:func:`run_queue`). A user-given optax optimiser
+runs a first-order loop on the same loss (:func:`optax_run`). :func:`fit_kernel`
 is the one compiled entry point; :mod:`jaxfeat._fit` validates inputs and calls it.
 """
 

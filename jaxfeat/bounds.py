@@ -40,12 +40,15 @@ from .theory import max_turning_points
 # costs take O(T^3 V^2) work, so longer grids or larger vocabularies are split into interleaved
 # sub-grids, whose summed bounds are still valid (and only slightly weaker).
 AUTO_SUBGRID = 512
-# Past this vocabulary the default bound splits the tokens into buckets (see
-# segmentation_lower_bound): the AUTO_BUCKET_TOKENS most probable ones, AUTO_BUCKET_SIZE per
-# bucket, so that its cost stops growing with V.
+# Past this vocabulary the default bound splits the tokens into buckets of AUTO_BUCKET_SIZE (see
+# segmentation_lower_bound), so that its cost grows linearly in V, not as V^2. Every
+# AUTO_BUCKETS_PER_BUDGET buckets get the work budget of AUTO_SUBGRID points: a grid is split
+# into sub-grids only as far as needed to keep the work linear in V. (Dropping tokens would cap
+# the cost, but a curve whose tokens each matter somewhere, like tuning curves, then loses its
+# bound.)
 AUTO_BUCKET_VOCAB = 32
 AUTO_BUCKET_SIZE = 32
-AUTO_BUCKET_TOKENS = 256
+AUTO_BUCKETS_PER_BUDGET = 8
 
 # Per grid point of a block, in nats: covers float64 rounding in the certificate (sums of at most a
 # few thousand terms of size <= ~100, each exact to ~1e-16 relative) with a wide margin.
@@ -311,11 +314,14 @@ def token_buckets(
 
     The bound loses, per block, what the bucket totals alone could tell (the KL between bucket
     masses), and keeps each bucket's internal movement. Dealing the tokens, most probable
-    first, round-robin into buckets makes every bucket a similar mix, so bucket masses move
-    little and each bucket keeps the relative moves of heavy and light tokens; on random smooth
-    curves this measured tighter than chunks of consecutive tokens or random buckets
-    (``benchmarks/throughput.py``, section ``large_vocab``). Tokens past ``max_tokens`` are left
-    out, which keeps the bound valid (each bucket's term is >= 0) and its cost independent of V.
+    first, round-robin into buckets makes every bucket a similar mix, so that bucket masses move
+    little. No layout won everywhere on random smooth curves (``benchmarks/throughput.py``,
+    ``large_vocab.bucket_tightness.layout_over_exact``: at V = 16 chunks of consecutive tokens
+    kept 0.73-0.90 of the exact bound against 0.48-0.63 round-robin, at V = 30 random buckets
+    0.70-0.73 against 0.56-0.58, at V = 64 round-robin 0.56-0.63 against 0.51-0.59); bucket
+    size matters more (at V = 64, 0.88 of the exact bound
+    with 32 tokens per bucket, 0.70-0.75 with 16). Tokens past ``max_tokens`` are left out, which
+    keeps the bound valid (each bucket's term is >= 0) and bounds its cost.
 
     Args:
       target: the curve (V tokens).
@@ -423,6 +429,8 @@ class SegmentationBound:
         correction. Typically ~1e-10; larger only where exact zeros in the target put a
         block's optimum at infinity in a way the solver does not reduce to a finite problem,
         where the certificate is weaker (still valid).
+      subgrids: m, the number of interleaved sub-grids whose bounds were added up.
+      buckets: the number of token buckets (1: the exact block costs).
       tol: the mean-KL tolerance asked about (nats), or ``None``.
       lower_bound: with ``tol``: 1 + the number of k whose bound exceeds ``tol``, i.e. every
         k < ``lower_bound`` provably cannot reach ``tol`` (at most ``k_max + 1``); else ``None``.
@@ -433,6 +441,8 @@ class SegmentationBound:
     boundaries: tuple[np.ndarray, ...]
     knots: tuple[np.ndarray, ...]
     solver_tol: float
+    subgrids: int
+    buckets: int
     tol: float | None
     lower_bound: int | None
     seconds: float
@@ -473,7 +483,8 @@ def segmentation_lower_bound(
         (every m-th point) of at most ``subgrid`` (>= 2) points, bound the KL sum on each and add
         them up. Valid, slightly weaker, and m^2 times cheaper than the full grid. ``None``
         picks the fewest sub-grids that keep the work near that of ``AUTO_SUBGRID`` points and
-        3 tokens (the full grid up to 512 points for V = 3).
+        3 tokens (the full grid up to 512 points for V = 3), per ``AUTO_BUCKETS_PER_BUDGET``
+        token buckets.
       buckets: disjoint arrays of token indices (see :func:`token_buckets`). By the chain rule,
         ``KL(p || q) >= sum_b p(b) KL(p(.|b) || q(.|b))``, and ``q(.|b)`` is a softmax of the
         bucket's own logits, affine on each block when the model's are; so each block's cost
@@ -481,7 +492,8 @@ def segmentation_lower_bound(
         bucket's mass. Still a certified bound (tokens in no bucket are dropped, which only lowers
         it); one bucket of every token is the exact block cost. Cost O(T^3 V b) for buckets of b
         tokens instead of O(T^3 V^2). ``None``: one bucket up to ``AUTO_BUCKET_VOCAB`` tokens,
-        else ``token_buckets(target, AUTO_BUCKET_SIZE, AUTO_BUCKET_TOKENS)``.
+        else ``token_buckets(target, AUTO_BUCKET_SIZE)``, with the automatic sub-grids allowed
+        work in proportion to the number of buckets (so the cost is linear in V).
 
     Returns:
       :class:`SegmentationBound`.
@@ -517,12 +529,13 @@ def segmentation_lower_bound(
     p = p / p.sum(axis=1, keepdims=True)
     T, V = p.shape
     if buckets is None and V > AUTO_BUCKET_VOCAB:
-        buckets = token_buckets(target, AUTO_BUCKET_SIZE, AUTO_BUCKET_TOKENS)
+        buckets = token_buckets(target, AUTO_BUCKET_SIZE)
     pb = _bucketed(p, buckets)
     if subgrid is None:
         # 16: the per-point work besides V^2
         work = lambda n, nb, v: float(n) ** 3 * nb * (v * v + 16)
-        parts = work(T, pb.shape[1], pb.shape[2]) / work(AUTO_SUBGRID, 1, 3)
+        budget = work(AUTO_SUBGRID, 1, 3) * max(1.0, pb.shape[1] / AUTO_BUCKETS_PER_BUDGET)
+        parts = work(T, pb.shape[1], pb.shape[2]) / budget
         parts = int(np.ceil(np.sqrt(parts) - 1e-9))
         subgrid = -(-T // max(parts, 1))
     subgrid = _validate.positive_int(subgrid, "subgrid")
@@ -559,6 +572,8 @@ def segmentation_lower_bound(
         boundaries=tuple(boundaries),
         knots=tuple(knots),
         solver_tol=solver_tol,
+        subgrids=m,
+        buckets=pb.shape[1],
         tol=tol,
         lower_bound=None if tol is None else 1 + int(np.count_nonzero(bounds > tol)),
         seconds=time.perf_counter() - t0,

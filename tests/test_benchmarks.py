@@ -99,7 +99,14 @@ def test_throughput_smoke_writes_every_section(throughput_results):
     for s in throughput.SECTIONS:
         assert res[s]["section_wall_s"] > 0, s
     assert res["total_wall_s"] >= sum(res[s]["section_wall_s"] for s in throughput.SECTIONS) - 1e-9
-    assert set(res["goals"]) == {"scipy_lbfgsb", "optax_lbfgs"}
+    assert set(res["goals"]) == {
+        "scipy_lbfgsb",
+        "optax_lbfgs",
+        "large_vocab_quality",
+        "large_vocab_bound",
+        "large_vocab_bound_at_k",
+        "large_vocab_growth",
+    }
 
 
 def test_throughput_smoke_methods_and_comparisons(throughput_results):
@@ -196,8 +203,171 @@ def test_throughput_growth_laws_split_at_the_optimiser_switch():
     assert out["time_slope_all"] == pytest.approx(1.0)
     assert out["memory_slope_upper_half"] == pytest.approx(2.0)
     assert out["time_slope_gauss_newton"] == pytest.approx(1.0)
-    assert out["memory_slope_lbfgs"] == pytest.approx(2.0)
-    assert "time_slope_lbfgs" not in throughput.growth_laws("V", points[:2])
+    assert out["time_slope_cg"] == pytest.approx(1.0)
+    assert out["memory_slope_cg"] == pytest.approx(2.0)
+    assert not any("lbfgs" in key for key in out)
+    assert "time_slope_cg" not in throughput.growth_laws("V", points[:2])
+
+
+def test_throughput_smoke_large_vocab(throughput_results):
+    res = json.loads(throughput_results.read_text())
+    cfg = res["settings"]["config"]["large_vocab"]
+    lv = res["large_vocab"]
+    assert {
+        "quality",
+        "growth",
+        "old_paths",
+        "reference",
+        "bound",
+        "bound_at_k",
+        "bucket_tightness",
+        "path_rule",
+        "notes",
+    } <= set(lv)
+    k, R, M = cfg["k"], cfg["restarts"], cfg["max_steps"]
+    assert (lv["k"], lv["restarts"], lv["max_steps"], lv["T"]) == (k, R, M, cfg["T"])
+    lm = throughput.SOLVER.lm_max_params
+    assert lv["lm_max_params"] == lm
+
+    # Default fits: every point run, on the path the parameter count gives, both paths covered.
+    quality = lv["quality"]
+    assert list(quality) == [str(V) for V in cfg["quality_V"]]
+    for V, q in quality.items():
+        assert "skipped" not in q, V
+        assert q["V"] == int(V) and q["n_params"] == (k + 1) * int(V) + k
+        assert q["path"] == ("dense" if q["n_params"] <= lm else "cg")
+        assert (q["restarts"], q["max_steps"]) == (R, M)
+        assert q["mean_kl64"] > 0 and q["mean_kl"] == pytest.approx(q["mean_kl64"], rel=1e-3)
+        assert isinstance(q["converged"], bool) and 1 <= q["num_steps"]
+        assert q["warm_s"] > 0 and q["seconds_per_target"] == q["warm_s"]
+        assert q["first_s"] >= q["compile_s"] >= 0
+        top = cfg["xla_memory_max_V"]
+        if top is None or int(V) <= top:
+            assert q["xla_total_bytes"] > 0 and q["xla_compile_s"] > 0
+    assert {q["path"] for q in quality.values()} == {"dense", "cg"}
+    growth = lv["growth"]
+    assert _finite(growth["time_slope_all"])
+    assert growth["V_all"] == cfg["quality_V"]
+    assert growth["V_cg"] == [q["V"] for q in quality.values() if q["path"] == "cg"]
+    assert growth["required_max_time_slope"] == throughput.LV_MAX_SLOPE
+
+    # Old paths, with their ratios to the default fit.
+    old = lv["old_paths"]
+    for name in ("lbfgs", "dense"):
+        assert list(old[name]) == [str(V) for V in cfg[f"{name}_V"]], name
+        for rec in old[name].values():
+            assert rec["mean_kl64"] > 0 and rec["warm_s"] > 0
+            ratio = rec[f"default_over_{name}_mean_kl"]
+            assert _finite(ratio) and _finite(rec[f"{name}_over_default_warm_s"])
+            if name == "dense" and rec["default_path"] == "dense":
+                assert ratio == pytest.approx(1.0)  # the default fit is this one
+
+    # Long dense runs: with the smoke sizes the first one is the default fit itself.
+    ref = lv["reference"]
+    assert ref["V"] == cfg["reference_V"] and ref["max_steps"] == cfg["reference_max_steps"]
+    runs = ref["runs"]
+    assert list(runs) == [f"restarts_{r}_key_{key}" for r, key in cfg["reference_runs"]]
+    assert all(run["mean_kl64"] > 0 for run in runs.values())
+    assert ref["best_long_dense_mean_kl"] == min(run["mean_kl64"] for run in runs.values())
+    assert ref["default_over_best_long_dense"] == pytest.approx(
+        ref["default_mean_kl"] / ref["best_long_dense_mean_kl"]
+    )
+    assert _finite(ref["default_over_long_dense_same_restarts"])
+    if cfg["reference_max_steps"] == M:
+        assert ref["default_over_long_dense_same_restarts"] == pytest.approx(1.0)
+    assert isinstance(ref["met"], bool)
+
+    # The certified bound is non-zero and below every fit.
+    bound = lv["bound"]
+    assert list(bound) == [str(V) for V in cfg["bound_V"]]
+    for V, b in bound.items():
+        assert list(b["per_k"]) == [str(kk) for kk in cfg["bound_ks"]]
+        assert b["seconds"] > 0 and b["all_nonzero"]
+        assert 2 <= b["tokens_kept"] <= int(V)
+        if int(V) > jaxfeat.bounds.AUTO_BUCKET_VOCAB:
+            assert b["buckets"] == -(-b["tokens_kept"] // jaxfeat.bounds.AUTO_BUCKET_SIZE)
+        else:
+            assert b["buckets"] == 1 and b["tokens_kept"] == int(V)
+        assert 0 < b["kept_mass_mean"] <= 1 + 1e-6  # float32 rows
+        for row in b["per_k"].values():
+            assert row["bound"] > 0 and row["fit_over_bound"] >= 1 - 1e-9
+        assert b["max_fit_over_bound"] == max(r["fit_over_bound"] for r in b["per_k"].values())
+    at_k = lv["bound_at_k"]
+    assert at_k["k"] == cfg["bound_k"]
+    assert list(at_k["points"]) == [str(V) for V in cfg["bound_k_V"]]
+    for V, point in at_k["points"].items():
+        assert point["fit_mean_kl"] == quality[V]["mean_kl64"]
+        assert point["bound"] > 0 and point["fit_over_bound"] >= 1 - 1e-9
+
+    # Round-robin buckets give a weaker bound than one bucket; as weak only with one bucket.
+    tight = lv["bucket_tightness"]
+    assert list(tight) == [str(V) for V in cfg["tightness_V"]]
+    for V, rec in tight.items():
+        assert set(rec["exact"]) == {str(kk) for kk in cfg["tightness_ks"]}
+        assert all(v > 0 for v in rec["exact"].values())
+        assert list(rec["bucketed_over_exact"]) == [str(s) for s in cfg["tightness_sizes"]]
+        for size, ratios in rec["bucketed_over_exact"].items():
+            for r in ratios.values():
+                assert 0 < r <= 1 + 1e-9
+                if int(size) >= int(V):
+                    assert r == pytest.approx(1.0)
+
+    goals = res["goals"]
+    assert goals["large_vocab_growth"]["time_slope_all"] == growth["time_slope_all"]
+    assert (
+        goals["large_vocab_quality"]["default_over_best_long_dense"]
+        == (ref["default_over_best_long_dense"])
+    )
+    assert goals["large_vocab_bound"]["max_fit_over_bound"] == max(
+        b["max_fit_over_bound"] for b in bound.values()
+    )
+    assert set(goals["large_vocab_bound_at_k"]["fit_over_bound"]) == set(at_k["points"])
+    assert all(isinstance(g["met"], bool) for g in goals.values())
+
+
+def test_throughput_large_vocab_paths_and_growth():
+    assert throughput._lv_params(30, 8) == (278, "dense")
+    assert throughput._lv_params(100, 8) == (908, "cg")
+    assert throughput._dense_options(30, 8) == {}  # the default fit is already dense there
+    assert throughput._dense_options(100, 8)["solver"].lm_max_params >= 10**9
+    quality = {
+        str(V): {"V": V, "path": path, "seconds_per_target": 0.01 * V, "xla_total_bytes": V**2}
+        for V, path in ((30, "dense"), (100, "cg"), (300, "cg"), (1000, "cg"))
+    }
+    quality["3000"] = {"V": 3000, "path": "cg", "skipped": "cap"}
+    out = throughput.large_vocab_growth(quality)
+    assert out["time_slope_all"] == pytest.approx(1.0)
+    assert out["time_slope_cg"] == pytest.approx(1.0)
+    assert out["memory_slope_cg"] == pytest.approx(2.0)
+    assert out["time_slope_dense"] is None  # one point
+    assert out["V_all"] == [30, 100, 300, 1000] and out["V_cg"] == [100, 300, 1000]
+
+
+def test_throughput_skips_points_after_one_over_the_cap():
+    assert throughput._skip_reason([{"first_s": 5.0}], 10.0) is None
+    assert "10.0 s" in throughput._skip_reason([{"first_s": 5.0}, {"first_s": 11.0}], 10.0)
+    assert throughput._skip_reason([{"first_s": 11.0, "skipped": "cap"}], 10.0) is None
+    assert throughput._skip_reason([{"seconds": 11.0}], 10.0, "seconds")
+    caps = {"bound": 100.0, "bound_predicted": 300.0}
+    ran = [{"V": 100, "seconds": 20.0}, {"V": 1000, "seconds": 50.0}]
+    assert throughput._bound_skip_reason(ran, 3000, caps) is None  # predicted 150 s
+    assert "predicted 500 s" in throughput._bound_skip_reason(ran, 10000, caps)
+    assert throughput._bound_skip_reason([], 10**6, caps) is None
+
+
+def test_throughput_resume_keeps_every_section_already_written(throughput_results, tmp_path):
+    # Resuming a run of one section keeps the others (asked for or not) and runs only it.
+    res = json.loads(throughput_results.read_text())
+    del res["ks"]
+    out = tmp_path / "resume.json"
+    out.write_text(json.dumps(res))
+    assert throughput.main(["--smoke", "--out", str(out), "--resume", "--sections", "ks"]) == 0
+    new = json.loads(out.read_text())
+    for s in throughput.SECTIONS:
+        if s != "ks":
+            assert new[s] == res[s], s
+    assert new["ks"]["section_wall_s"] > 0
+    assert set(new["goals"]) == set(res["goals"])
 
 
 def test_throughput_rejects_unknown_sections(tmp_path):

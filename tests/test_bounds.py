@@ -307,8 +307,8 @@ def _wide_model(seed: int, k: int, V: int, T: int = 24):
     noise=st.sampled_from([0.0, 0.3, 1.0]),
 )
 def test_bucketed_bound_is_sound_for_k_feature_models(seed, k, V, noise):
-    # The default bound past AUTO_BUCKET_VOCAB tokens: round-robin buckets of the most probable
-    # tokens, the others dropped. It must stay below the mean KL of the k-feature model itself,
+    # The default bound past AUTO_BUCKET_VOCAB tokens: round-robin buckets of 32 tokens, with
+    # sub-grids past its work budget. It must stay below the mean KL of the k-feature model itself,
     # on the model's curve and on noisy versions of it.
     t, params = _wide_model(seed, k, V)
     z = np.asarray(jaxfeat.logits(params, t), np.float64)
@@ -345,11 +345,15 @@ def test_bucket_soundness_check_rejects_unweighted_buckets():
 
 def test_one_bucket_is_the_exact_bound_and_buckets_are_weaker():
     tgt = _random_target(5, T=16, V=12)
-    exact = segmentation_lower_bound(tgt, 4).bounds  # V <= AUTO_BUCKET_VOCAB: one bucket
+    auto = segmentation_lower_bound(tgt, 4)  # V <= AUTO_BUCKET_VOCAB: one bucket
+    assert (auto.buckets, auto.subgrids) == (1, 1)
+    exact = auto.bounds
     one = segmentation_lower_bound(tgt, 4, buckets=[np.arange(12)]).bounds
     np.testing.assert_array_equal(exact, one)
     for size in (3, 6):
-        split = segmentation_lower_bound(tgt, 4, buckets=bounds.token_buckets(tgt, size)).bounds
+        sb = segmentation_lower_bound(tgt, 4, buckets=bounds.token_buckets(tgt, size))
+        assert sb.buckets == 12 // size
+        split = sb.bounds
         assert np.all(split <= exact + 1e-12) and split[0] > 0.2 * exact[0]
     # Dropping tokens keeps a bound, a weaker one.
     top = segmentation_lower_bound(tgt, 4, buckets=bounds.token_buckets(tgt, 6, 6)).bounds

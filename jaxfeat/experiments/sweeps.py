@@ -12,7 +12,7 @@ Sweeps (``SWEEPS``):
 
 * ``oscillations``: ``oscillating(m)`` for m = 1..8 (theory: k grows linearly in m).
 * ``tolerance``: log-spaced tolerances for m in {1, 2, 4} (theory: k ~ tol^(-1/4)).
-* ``vocabulary``: ``tuning_curves`` and ``random_smooth`` with V from 3 to 64.
+* ``vocabulary``: ``tuning_curves`` and ``random_smooth`` with V from 3 to 1000.
 * ``encoders``: relu, jumprelu and softplus, next to the unconstrained-encoder count (the affine
   rank of the centred log-probability path, :func:`jaxfeat.affine_rank`).
 * ``examples``: the seed's examples: the HTML tag (one feature) and the temperatures (monotone: one;
@@ -136,7 +136,8 @@ def _spec(family: str, **kwargs: Any) -> tuple[tuple[str, Any], ...]:
 
 # Quick: what `jaxfeat reproduce` runs (about five minutes on a busy 2-core CPU). Fewer restarts
 # and steps than the full run, five tolerances, a subset of vocabulary sizes on a 64-point grid
-# (the certified bound costs O(T^3 V^2)) and two targets for the encoders.
+# (the certified bound costs O(T^3 V b) with token buckets of b = 32) and two targets for the
+# encoders.
 QUICK = Settings(
     mode="quick",
     n=128,
@@ -144,7 +145,7 @@ QUICK = Settings(
     restarts=4,
     max_steps=100,
     batch=1,
-    vocab_sizes=(3, 8, 16, 32, 64),
+    vocab_sizes=(3, 8, 16, 32, 64, 1000),
     vocab_n=64,
     enc_targets=(
         _spec("oscillating", m=2, n=128, vocab=3),
@@ -165,7 +166,7 @@ FULL = dataclasses.replace(
     max_steps=200,
     osc_tols=(1e-2, 1e-3, 1e-4),
     tol_tols=_logspace(1e-2, 1e-4, 9),
-    vocab_sizes=(3, 4, 6, 8, 12, 16, 24, 32, 48, 64),
+    vocab_sizes=(3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128, 256, 512, 1000),
     vocab_n=128,
     enc_targets=tuple(
         [_spec("oscillating", m=m, n=256, vocab=3) for m in (1, 2, 4)]

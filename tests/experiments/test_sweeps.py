@@ -457,7 +457,8 @@ def test_settings_presets_and_errors(tmp_path):
             ids = [j.id for j in ex.jobs(sweep, s)]
             assert len(ids) == len(set(ids)) > 0
     assert 1e-3 in ex.QUICK.osc_tols and {1e-2, 1e-3, 1e-4} <= set(ex.FULL.osc_tols)
-    assert max(ex.FULL.vocab_sizes) == 64 and ex.FULL.osc_m == tuple(range(1, 9))
+    assert max(ex.FULL.vocab_sizes) == 1000 == max(ex.QUICK.vocab_sizes)
+    assert ex.FULL.osc_m == tuple(range(1, 9))
     with pytest.raises(ValueError, match="sweep"):
         ex.run_sweeps(tmp_path, TINY, sweeps=["nope"])
     with pytest.raises(ValueError, match="settings"):
