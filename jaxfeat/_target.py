@@ -342,9 +342,7 @@ class Target:
           [0.0, 0.0]
         """
         _idx, rest = self._rest_split(top)
-        p = np.asarray(self.probs, np.float64)[:, rest]
-        mass = p.sum(axis=1, keepdims=True)
-        cond = np.divide(p, mass, out=np.zeros_like(p), where=mass > 0)
+        mass, cond = self._rest_conditional(rest)
         r = self._rest_share(rest)
         pos = cond > 0
         terms = np.where(pos, cond * (np.log(np.where(pos, cond, 1.0)) - np.log(r)), 0.0)
@@ -391,12 +389,17 @@ class Target:
 
     def _rest_share(self, rest: np.ndarray) -> np.ndarray:
         """Each rest token's share of the rest mass, averaged over the grid (never 0)."""
-        p = np.asarray(self.probs, np.float64)[:, rest]
-        mass = p.sum(axis=1, keepdims=True)
-        cond = np.divide(p, mass, out=np.full_like(p, 1.0 / p.shape[1]), where=mass > 0)
-        r = cond.mean(axis=0)
+        mass, cond = self._rest_conditional(rest)
+        # a grid point without rest mass counts as an even split
+        r = np.where(mass > 0, cond, 1.0 / rest.size).mean(axis=0)
         r = np.maximum(r, np.finfo(np.float64).tiny)
         return r / r.sum()
+
+    def _rest_conditional(self, rest: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(T, 1) rest mass p_t(R) and (T, |R|) p_t(.|R), zero where the rest has no mass."""
+        p = np.asarray(self.probs, np.float64)[:, rest]
+        mass = p.sum(axis=1, keepdims=True)
+        return mass, np.divide(p, mass, out=np.zeros_like(p), where=mass > 0)
 
     def _token_indices(self, tokens: ArrayLike, name: str) -> np.ndarray:
         idx = np.asarray(tokens)

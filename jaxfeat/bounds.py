@@ -308,7 +308,7 @@ def _block_costs(t: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def token_buckets(
-    target: Target, size: int = 32, max_tokens: int | None = None
+    target: Target, size: int = AUTO_BUCKET_SIZE, max_tokens: int | None = None
 ) -> list[np.ndarray]:
     """Token buckets for the bucketed segmentation bound: tokens by mean probability, dealt out.
 
