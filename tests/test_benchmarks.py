@@ -305,12 +305,11 @@ def test_throughput_smoke_large_vocab(throughput_results):
     for V, rec in tight.items():
         assert set(rec["exact"]) == {str(kk) for kk in cfg["tightness_ks"]}
         assert all(v > 0 for v in rec["exact"].values())
-        assert list(rec["bucketed_over_exact"]) == [str(s) for s in cfg["tightness_sizes"]]
-        for size, ratios in rec["bucketed_over_exact"].items():
-            for r in ratios.values():
-                assert 0 < r <= 1 + 1e-9
-                if int(size) >= int(V):
-                    assert r == pytest.approx(1.0)
+        # A bucket size of V or more is one bucket, the exact bound itself: not re-measured.
+        sizes = [str(s) for s in cfg["tightness_sizes"] if s < int(V)]
+        assert list(rec["bucketed_over_exact"]) == sizes
+        for ratios in rec["bucketed_over_exact"].values():
+            assert all(0 < r <= 1 + 1e-9 for r in ratios.values())
 
     goals = res["goals"]
     assert goals["large_vocab_growth"]["time_slope_all"] == growth["time_slope_all"]
