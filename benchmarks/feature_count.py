@@ -45,6 +45,7 @@ SMOKE = dataclasses.replace(
     k_max=2,
     restarts=2,
     max_steps=10,
+    polish_steps=10,
     batch=1,
     osc_m=(1,),
     osc_tols=(1e-1,),

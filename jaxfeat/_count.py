@@ -21,12 +21,18 @@ from ._arrays import pow2
 from ._fit import FitResult, fit_batch
 from ._hinge import SolverSettings
 from ._target import Target
-from .bounds import segmentation_lower_bound
+from .bounds import (
+    AUTO_BUCKET_VOCAB,
+    AUTO_SUBGRID,
+    continuity_lower_bound,
+    segmentation_lower_bound,
+)
 
 METRICS = ("mean_kl", "max_kl")
 
 # Feature counts fitted per target in one round of required_features, and the feature-slot sizes
-# (powers of two from 8): fixed shapes so that every round reuses one compiled fit kernel.
+# (powers of two from 8): fixed shapes so that every round reuses one compiled fit kernel. On a
+# CPU compiling a kernel (~10 s) costs more than running a round at twice the slots.
 _KS_PER_ROUND = 4
 _MIN_SLOTS = 8
 
@@ -38,12 +44,16 @@ class RequiredFeatures:
     Attributes:
       k: the smallest k <= k_max whose fit reaches ``tol`` (``None`` if none does). Fits are
         local searches, so this is an upper bound on the true minimum.
-      lower_bound: 1 + the largest k that the segmentation bound certifies as insufficient: every
-        k < lower_bound provably cannot reach ``tol``. Always 1 for softplus, which has no
+      lower_bound: 1 + the largest k certified insufficient: every k < lower_bound provably
+        cannot reach ``tol``. Certified by the segmentation bound and, for ReLU where that left
+        the bracket open, by the continuity bound. Always 1 for softplus, which has no
         certificate.
+      segmentation_bound: the ``lower_bound`` the segmentation bound alone gives (at most
+        ``lower_bound``; less where the continuity bound certified more).
       losses: (k_max,) the metric of the best fit for each k, NaN for k not fitted.
-      bounds: (k_max,) certified lower bound on the metric for each k (the mean-KL bound, also
-        valid for ``max_kl`` since the mean is at most the max); zeros for softplus.
+      bounds: (k_max,) certified lower bound on the metric for each k (mean-KL bounds, also
+        valid for ``max_kl`` since the mean is at most the max): the segmentation bound, raised
+        to the continuity bound where that was computed; zeros for softplus.
       fit: the winning :class:`jaxfeat.FitResult` (k features), or ``None``.
       tol: the tolerance, in nats.
       metric: ``"mean_kl"`` or ``"max_kl"``.
@@ -52,6 +62,7 @@ class RequiredFeatures:
 
     k: int | None
     lower_bound: int
+    segmentation_bound: int
     losses: np.ndarray
     bounds: np.ndarray
     fit: FitResult | None
@@ -66,14 +77,21 @@ def required_features(target: Target, tol: float, **options: Any) -> RequiredFea
     The segmentation bound (:func:`jaxfeat.bounds.segmentation_lower_bound`) rules out every k
     whose bound exceeds ``tol``; fits then start at the first k it does not rule out and go up, a
     few feature counts per compiled call, each started from the optimal segmentation's
-    breakpoints, until one reaches ``tol``. So ``lower_bound <= k``, and ``k == lower_bound``
-    proves ``k`` optimal.
+    breakpoints, until one reaches ``tol``. Where that count K + 1 is above the bound, the search
+    spends its effort on the decisive K before concluding: four times the restarts, of
+    ``polish_steps`` steps, from the segmentation's breakpoints and from warm starts: the fit at
+    K + 1 with one of its least important features dropped, the fit at K - 1 with a knot added,
+    and the best fit at K; if one reaches ``tol`` it goes on to K - 1. For ReLU, where
+    the bracket is still open, :func:`jaxfeat.bounds.continuity_lower_bound` then tries to
+    certify the counts from the bound up as insufficient too. So ``lower_bound <= k``, and
+    ``k == lower_bound`` proves ``k`` optimal.
 
     Args:
       target: the curve.
       tol: tolerance on the metric, in nats (> 0).
       **options: the keywords of :func:`required_features_batch` (``metric``, ``k_max``,
-        ``activation``, ``restarts``, ``max_steps``, ``key``, ``solver``, ``progress``).
+        ``activation``, ``restarts``, ``max_steps``, ``polish``, ``polish_steps``,
+        ``continuity_iterations``, ``key``, ``solver``, ``progress``).
 
     Returns:
       :class:`RequiredFeatures`.
@@ -98,6 +116,9 @@ def required_features_batch(
     activation: str = "relu",
     restarts: int = 16,
     max_steps: int = 200,
+    polish: bool = True,
+    polish_steps: int | None = None,
+    continuity_iterations: int = 8,
     key: int = 0,
     solver: SolverSettings | None = None,
     progress: bool | None = None,
@@ -117,6 +138,13 @@ def required_features_batch(
         is 1 and ``bounds`` are zeros).
       restarts: restarts per fit.
       max_steps: optimiser steps per restart.
+      polish: make a second try at the decisive count, the one below the first k that reaches
+        ``tol``: four times the restarts, from four starts.
+      polish_steps: steps of the second try (default ``2 * max_steps``).
+      continuity_iterations: for ReLU, where the bracket is still open, the supergradient steps
+        of :func:`jaxfeat.bounds.continuity_lower_bound` at the counts from ``lower_bound`` up
+        (0 skips it; only for V <= ``AUTO_BUCKET_VOCAB``, T <= ``AUTO_SUBGRID``, and counts
+        whose segmentation bound is within reach of ``tol``).
       key: integer seed.
       solver: :class:`jaxfeat.SolverSettings` for the fits (default settings if ``None``).
       progress: a progress bar over the fitting rounds on stderr; ``None`` shows it only on a
@@ -139,6 +167,19 @@ def required_features_batch(
     """
     k_max = _validate.positive_int(k_max, "k_max")
     activation = _validate.activation(activation)
+    restarts = _validate.positive_int(restarts, "restarts")
+    max_steps = _validate.positive_int(max_steps, "max_steps")
+    if not isinstance(polish, bool):
+        raise ValueError(f"polish={polish!r} must be True or False.")
+    polish_steps = _validate.positive_int(
+        2 * max_steps if polish_steps is None else polish_steps, "polish_steps"
+    )
+    if (
+        isinstance(continuity_iterations, bool)
+        or not isinstance(continuity_iterations, int | np.integer)
+        or continuity_iterations < 0
+    ):
+        raise ValueError(f"continuity_iterations={continuity_iterations!r} must be an int >= 0.")
     tol = _validate.positive_float(tol, "tol")
     if metric not in METRICS:
         raise ValueError(
@@ -166,11 +207,15 @@ def required_features_batch(
         segs = [segmentation_lower_bound(tgt, k_max, activation) for tgt in targets]
         bounds = [s.bounds for s in segs]
         seg_knots = [s.knots for s in segs]
+        seg_dirs = [s.directions for s in segs]
     lower = [1 + int(np.count_nonzero(b > tol)) for b in bounds]  # bounds are non-increasing
+    seg_lower = list(lower)
     losses = [np.full(k_max, np.nan) for _ in targets]
     found: list[int | None] = [None] * n
     fits: list[FitResult | None] = [None] * n
     next_k = list(lower)
+    # Per target and k: (loss, knots, directions, importance) of the best fit so far.
+    best: list[dict[int, tuple]] = [{} for _ in targets]
     probs = jnp.stack([tgt.probs for tgt in targets])
     dtype = probs.dtype
     bar = tqdm(
@@ -198,9 +243,10 @@ def required_features_batch(
         idx = np.array([i for i, _ in rows_padded])
         ks = np.array([k for _, k in rows_padded])
         init = np.full((size, slots), np.nan)
+        dirs = np.ones((size, slots))
         if seg_knots is not None:
             for r, (i, k) in enumerate(rows_padded):
-                init[r, :k] = seg_knots[i][k - 1]
+                init[r, :k], dirs[r, :k] = seg_knots[i][k - 1], seg_dirs[i][k - 1]
         res = fit_batch(
             targets[0].t,
             probs[idx],
@@ -212,10 +258,13 @@ def required_features_batch(
             k_max=slots,
             solver=solver,
             init_knots=jnp.asarray(init, dtype),
+            init_directions=jnp.asarray(dirs, dtype),
         )
         values = np.asarray(getattr(res, metric))
+        starts = _starts(res.params, activation)
         for r, (i, k) in enumerate(rows):
             losses[i][k - 1] = values[r]
+            best[i][k] = (values[r], starts[0][r, :k], starts[1][r, :k], starts[2][r, :k])
         for i in todo:
             hits = [(k, r) for r, (j, k) in enumerate(rows) if j == i and values[r] <= tol]
             if hits:
@@ -228,10 +277,86 @@ def required_features_batch(
         bar.set_postfix_str(f"k up to {max(k for _, k in rows)}")
     bar.close()
 
+    # The second try at the decisive count K = k - 1, while the bracket is open: four rows per
+    # target, each with the first pass's restarts and twice its steps (the step budget is traced,
+    # so the first pass's compiled kernel is reused), from the segmentation's start and from the
+    # neighbouring fits.
+    todo = [i for i in range(n) if found[i] is not None and found[i] > lower[i]]
+    while todo and polish:
+        starts_: list[tuple[int, np.ndarray, np.ndarray]] = []
+        for i in todo:
+            K = found[i] - 1
+            if seg_knots is None:
+                seg, seg_d = None, np.ones(K)
+            else:
+                seg, seg_d = np.asarray(seg_knots[i][K - 1]), np.asarray(seg_dirs[i][K - 1])
+            rows_i = [(np.full(K, np.nan) if seg is None else seg, seg_d)]
+            rows_i += _warm_starts(best[i], K, seg)
+            rows_i = (rows_i * _KS_PER_ROUND)[:_KS_PER_ROUND]  # repeats draw other restarts
+            starts_.extend((i, kn, dr) for kn, dr in rows_i)
+        slots = max(_MIN_SLOTS, pow2(max(found[i] for i in todo)))
+        size = _KS_PER_ROUND * pow2(-(-len(starts_) // _KS_PER_ROUND))
+        padded = starts_ + [starts_[0]] * (size - len(starts_))
+        init = np.full((size, slots), np.nan)
+        dirs = np.ones((size, slots))
+        for r, (_, kn, dr) in enumerate(padded):
+            init[r, : kn.size], dirs[r, : dr.size] = kn, dr
+        idx = np.array([i for i, _, _ in padded])
+        # Rows of one target draw different restarts: keys differ by row.
+        res = fit_batch(
+            targets[0].t,
+            probs[idx],
+            np.array([found[i] - 1 for i in idx]),
+            activation=activation,
+            restarts=restarts,
+            max_steps=polish_steps,
+            key=key + 1,
+            k_max=slots,
+            solver=solver,
+            init_knots=jnp.asarray(init, dtype),
+            init_directions=jnp.asarray(dirs, dtype),
+        )
+        values = np.asarray(getattr(res, metric))
+        nxt = []
+        for i in todo:
+            K = found[i] - 1
+            rows_i = [r for r, (j, _, _) in enumerate(starts_) if j == i]
+            r = min(rows_i, key=lambda r: values[r])
+            losses[i][K - 1] = min(losses[i][K - 1], values[r])
+            if values[r] <= tol:
+                found[i], fits[i] = K, res.take(r, K)
+                kn, dr, imp = (a[r, :K] for a in _starts(res.params, activation))
+                best[i][K] = (values[r], kn, dr, imp)
+                if K - 1 >= lower[i]:
+                    nxt.append(i)
+        todo = nxt
+
+    # The lower side: the continuity of ReLU paths at their knots, where the bracket is open.
+    T_, V_ = targets[0].probs.shape
+    if activation == "relu" and continuity_iterations and V_ <= AUTO_BUCKET_VOCAB:
+        for i in range(n):
+            while found[i] is not None and lower[i] < found[i] and T_ <= AUTO_SUBGRID:
+                K = lower[i]
+                if bounds[i][K - 1] < _CONTINUITY_REACH * tol:
+                    break
+                fit_loss = losses[i][K - 1]
+                cb = continuity_lower_bound(
+                    targets[i],
+                    K,
+                    tol=tol,
+                    upper=float(fit_loss) if np.isfinite(fit_loss) and fit_loss > tol else None,
+                    iterations=continuity_iterations,
+                )
+                bounds[i][K - 1] = max(bounds[i][K - 1], cb.bound)
+                if cb.bound <= tol:
+                    break
+                lower[i] = K + 1
+
     return [
         RequiredFeatures(
             k=found[i],
             lower_bound=lower[i],
+            segmentation_bound=seg_lower[i],
             losses=losses[i],
             bounds=bounds[i],
             fit=fits[i],
@@ -241,6 +366,55 @@ def required_features_batch(
         )
         for i in range(n)
     ]
+
+
+def _starts(params: Any, activation: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(B, k) knots in units of t, directions and importance of a batch of fitted features.
+
+    A feature's importance is the size of the slope change it makes at its knot, ``|w| * |l|``
+    with ``l`` centred over tokens (the part softmax sees).
+    """
+    w, b = np.asarray(params.w, np.float64), np.asarray(params.b, np.float64)
+    safe = np.where(w == 0, 1.0, w)
+    edge = np.asarray(params.theta, np.float64) if activation == "jumprelu" else 0.0
+    knots = np.where(w == 0, np.nan, (edge - b) / safe)
+    l = np.asarray(params.l, np.float64)
+    spread = np.linalg.norm(l - l.mean(axis=-1, keepdims=True), axis=-1)
+    return knots, np.where(w < 0, -1.0, 1.0), np.abs(w) * spread
+
+
+# Warm starts at K from the fit at K + 1: drop one of its this many least important features.
+_DROPS = 4
+# The continuity bound is tried at a count whose segmentation bound is at least this fraction of
+# the tolerance: it raised the bound by at most ~1.5x where we measured it (oscillating(4), T = 128,
+# at 1e-2: 0.58 to 0.86 of the tolerance at k = 10), so below that it costs time and certifies
+# nothing.
+_CONTINUITY_REACH = 0.75
+
+
+def _warm_starts(
+    best: dict[int, tuple], K: int, seg: np.ndarray | None
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(knots, directions) of K features from the best fits at K + 1, K and K - 1, best first.
+
+    First the fit at K + 1 without its least important feature, the fit at K - 1 with the
+    segmentation's breakpoint farthest from its knots added (facing right), and the best fit at
+    K itself; then the other drops and the added knot facing left.
+    """
+    drops, adds, same = [], [], []
+    if K + 1 in best:
+        _, kn, dr, imp = best[K + 1]
+        for j in np.argsort(imp, kind="stable")[:_DROPS]:
+            drops.append((np.delete(kn, j), np.delete(dr, j)))
+    if K - 1 in best and seg is not None:
+        _, kn, dr, _ = best[K - 1]
+        gap = np.min(np.abs(seg[:, None] - np.where(np.isnan(kn), np.inf, kn)[None]), axis=1)
+        add = seg[int(np.argmax(gap))]
+        adds = [(np.append(kn, add), np.append(dr, d)) for d in (1.0, -1.0)]
+    if K in best:
+        same.append(best[K][1:3])
+    out = drops[:1] + adds[:1] + same + drops[1:] + adds[1:]
+    return [(kn, dr) for kn, dr in out if kn.size == K]
 
 
 def predicted_features(target: Target, tol: float) -> float:

@@ -143,6 +143,7 @@ def fit_batch(
     optimizer: optax.GradientTransformation | None = None,
     k_max: int | None = None,
     init_knots: ArrayLike | None = None,
+    init_directions: ArrayLike | None = None,
     solver: SolverSettings | None = None,
     devices: Sequence[jax.Device] | None = None,
 ) -> FitResult:
@@ -168,6 +169,10 @@ def fit_batch(
       k_max: feature slots (default ``max(k)``); fix it to reuse one compilation across calls.
       init_knots: optional (B, k_max) knot positions in units of t for the first restart
         (NaN where free), e.g. the breakpoints of an optimal segmentation.
+      init_directions: optional (B, k_max) directions of those features, +1 for one that is off
+        left of its knot (``w > 0``) and -1 for one that is off right of it; default +1. With
+        ``init_knots`` from a fit (``-b / w`` and ``sign(w)`` for ReLU) the first restart starts
+        from that fit's knots.
       solver: the engine's constants (:class:`jaxfeat.SolverSettings`; default settings if
         ``None``).
       devices: devices to split the targets over (default: every device, ``jax.devices()``);
@@ -204,6 +209,7 @@ def fit_batch(
         optimizer=optimizer,
         k_max=k_max,
         init_knots=init_knots,
+        init_directions=init_directions,
         solver=solver,
         devices=devices,
     )
@@ -222,6 +228,7 @@ def _fit_checked(
     k_max: int | None,
     init_knots: ArrayLike | None,
     solver: SolverSettings | None,
+    init_directions: ArrayLike | None = None,
     devices: Sequence[jax.Device] | None,
 ) -> FitResult:
     """:func:`fit_batch` on a grid and targets that are already validated."""
@@ -246,11 +253,31 @@ def _fit_checked(
                 f"init_knots must be (B, k_max) = {(B, k_max)}, got {np.shape(init_knots)}."
             )
         knots = jnp.asarray(init_knots, p.dtype)
+    dirs = np.ones((B, k_max), p.dtype)
+    if init_directions is not None:
+        if init_knots is None:
+            raise ValueError("init_directions needs init_knots: they are the knots' directions.")
+        if np.shape(init_directions) != (B, k_max):
+            raise ValueError(
+                f"init_directions must be (B, k_max) = {(B, k_max)}, got "
+                f"{np.shape(init_directions)}."
+            )
+        if _validate.is_traced(init_directions):
+            dirs = jnp.where(jnp.asarray(init_directions) < 0, -1.0, 1.0).astype(p.dtype)
+        else:
+            d = np.asarray(init_directions, np.float64)
+            if not np.all(np.isin(d, (-1.0, 1.0)) | np.isnan(d)):
+                raise ValueError(
+                    "init_directions must hold +1 (off left of the knot) or -1 (off right), "
+                    "or NaN where free."
+                )
+            dirs = np.where(d < 0, -1.0, 1.0).astype(p.dtype)
     n_params = (k_max + 1) * p.shape[-1] + enc_count(activation) * k_max
     if optimizer is not None:
         method = "optax"
     else:
         method = "dense" if n_params <= solver.lm_max_params else "cg"
+    dirs = jnp.asarray(dirs, p.dtype)
     if _validate.is_traced(p, ks, keys, knots):
         devices = ()
     else:
@@ -258,7 +285,7 @@ def _fit_checked(
         if not devices:
             raise ValueError("devices is empty; pass None for every device, or a list of them.")
     n_dev = max(len(devices), 1)
-    args = _pad_batch((p, ks, keys, knots), n_dev)
+    args = _pad_batch((p, ks, keys, knots, dirs), n_dev)
     platform = devices[0].platform if devices else jax.default_backend()
     lanes = lanes_for(
         args[0].shape[0] // n_dev * restarts,
@@ -409,7 +436,7 @@ def fit_ks(target: Target, ks: Sequence[int], **options: Any) -> list[FitResult]
 
 
 def _options(options: dict[str, Any]) -> dict[str, Any]:
-    """Every keyword option of :func:`fit_batch` but ``init_knots``, defaults from its signature.
+    """Every keyword option of :func:`fit_batch` but the initial knots, defaults from its signature.
 
     Its signature is the one home of the defaults: :func:`fit` and :func:`fit_ks` forward to the
     same validated path without checking the target's arrays again.
@@ -417,7 +444,8 @@ def _options(options: dict[str, Any]) -> dict[str, Any]:
     params = {
         name: prm
         for name, prm in inspect.signature(fit_batch).parameters.items()
-        if prm.kind is inspect.Parameter.KEYWORD_ONLY and name != "init_knots"
+        if prm.kind is inspect.Parameter.KEYWORD_ONLY
+        and name not in ("init_knots", "init_directions")
     }
     unknown = sorted(set(options) - set(params))
     if unknown:

@@ -265,7 +265,16 @@ def _quantile_knots(u, p, levels):
 
 
 def init_member(
-    g: Grid, key, r, k_used, k_max: int, n_restarts: int, p, init_knots, cfg: SolverSettings
+    g: Grid,
+    key,
+    r,
+    k_used,
+    k_max: int,
+    n_restarts: int,
+    p,
+    init_knots,
+    init_dirs,
+    cfg: SolverSettings,
 ) -> Member:
     """Initial knots, directions and (c, l) for restart r with k_used active features.
 
@@ -306,7 +315,7 @@ def init_member(
     if init_knots is not None:
         given = jnp.isfinite(init_knots)
         tau = jnp.where((r == 0) & given, init_knots, tau)
-        s = jnp.where((r == 0) & given, 1.0, s)
+        s = jnp.where((r == 0) & given, init_dirs, s)
     lo, hi = knot_box(u, s)
     tau = jnp.clip(tau, lo, hi)
     mask = active.astype(dtype)

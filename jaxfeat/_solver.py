@@ -14,7 +14,7 @@ is the one compiled entry point; :mod:`jaxfeat._fit` validates inputs and calls 
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -39,7 +39,7 @@ class Config(NamedTuple):
     """What one compiled fit fixes: the solver's constants and the per-call step budget."""
 
     solver: SolverSettings
-    max_steps: int
+    max_steps: Any  # traced: fits that differ only in their step budget share one compilation
     ftol: float  # the solver's stall tolerances for the fit's dtype
     atol: float
     lapack: bool = True  # Cholesky through LAPACK; False: plain jnp ops (see spd_solve)
@@ -47,7 +47,7 @@ class Config(NamedTuple):
     def phase_steps(self, phase):
         """Step budget of each LM phase: short convex solves around two joint stretches."""
         c = self.solver.convex_steps
-        joint = max(self.max_steps - 2 * c, 2)
+        joint = jnp.maximum(self.max_steps - 2 * c, 2)
         return jnp.array([c, joint // 2, c, joint - joint // 2, 0])[phase]
 
 
@@ -453,7 +453,6 @@ def lanes_for(
         "k_max",
         "restarts",
         "activation",
-        "max_steps",
         "optimizer",
         "method",
         "lanes",
@@ -467,11 +466,12 @@ def fit_kernel(
     k_used,
     keys,
     init_knots,
+    init_dirs,
     *,
     k_max: int,
     restarts: int,
     activation: str,
-    max_steps: int,
+    max_steps: int | jax.Array,
     optimizer,
     method: str,
     lanes: int,
@@ -486,6 +486,7 @@ def fit_kernel(
       k_used: (B,) features in use per target (of ``k_max`` slots).
       keys: (B,) PRNG keys.
       init_knots: (B, k_max) knots for restart 0 in units of t, NaN where free.
+      init_dirs: (B, k_max) directions (+1 or -1) of the features whose knots are given.
       k_max, restarts, activation, max_steps: as in :func:`jaxfeat.fit_batch`.
       optimizer: an ``optax.GradientTransformation`` (used when ``method`` is ``"optax"``).
       method: ``"dense"`` or ``"cg"``: damped Gauss-Newton through the work queue of ``lanes``
@@ -500,7 +501,7 @@ def fit_kernel(
     f32 = dtype == jnp.float32
     cfg = Config(
         solver=solver,
-        max_steps=max_steps,
+        max_steps=jnp.asarray(max_steps, jnp.int32),
         ftol=solver.ftol32 if f32 else solver.ftol64,
         atol=solver.atol32 if f32 else solver.atol64,
         lapack=len(devices) <= 1 or jax.default_backend() != "cpu",
@@ -510,15 +511,15 @@ def fit_kernel(
     g = Grid(u, jnp.asarray(1.0 / (u.shape[0] - 1), dtype), activation)
     R = restarts
 
-    def init_target(key, k_u, p, knots):
+    def init_target(key, k_u, p, knots, dirs):
         ks = jax.random.split(key, R)
-        return jax.vmap(lambda kk, r: init_member(g, kk, r, k_u, k_max, R, p, knots, solver))(
+        return jax.vmap(lambda kk, r: init_member(g, kk, r, k_u, k_max, R, p, knots, dirs, solver))(
             ks, jnp.arange(R)
         )
 
-    def local(p, k_used, keys, knots):
+    def local(p, k_used, keys, knots, dirs):
         B = p.shape[0]
-        members = jax.vmap(init_target)(keys, k_used, p, knots)
+        members = jax.vmap(init_target)(keys, k_used, p, knots, dirs)
         if method == "optax":
             return optax_run(g, reset_progress(members, cfg), p, cfg, optimizer, max_steps)
         members = jax.tree.map(lambda x: x.reshape((B * R, *x.shape[2:])), members)
@@ -528,11 +529,11 @@ def fit_kernel(
         return jax.tree.map(lambda x: x.reshape((B, R, *x.shape[1:])), out)
 
     if len(devices) <= 1:
-        return local(p, k_used, keys, init_knots)
+        return local(p, k_used, keys, init_knots, init_dirs)
     # Targets are independent: each device runs its share with no communication (so there is
     # nothing for shard_map's replication checks to verify).
     mesh = jax.sharding.Mesh(np.array(devices), ("batch",))
     spec = jax.sharding.PartitionSpec("batch")
     return jax.shard_map(local, mesh=mesh, in_specs=spec, out_specs=spec, check_vma=False)(
-        p, k_used, keys, init_knots
+        p, k_used, keys, init_knots, init_dirs
     )

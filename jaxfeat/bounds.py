@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import time
 from collections.abc import Sequence
 
@@ -50,6 +51,10 @@ AUTO_BUCKET_VOCAB = 32
 AUTO_BUCKET_SIZE = 32
 AUTO_BUCKETS_PER_BUDGET = 8
 
+# Largest (grid points^2 x tokens) for which the plain bound keeps every block's solution, to
+# give the knots of its partitions directions (64 MiB of float64 at most).
+_KEEP_SOLUTIONS = 1 << 22
+
 # Per grid point of a block, in nats: covers float64 rounding in the certificate (sums of at most a
 # few thousand terms of size <= ~100, each exact to ~1e-16 relative) with a wide margin.
 _ROUNDING = 1e-12
@@ -67,8 +72,12 @@ _CHUNK_SIZE = 1 << 18
 
 
 @functools.partial(jax.jit, static_argnames=("max_iter",))
-def _block_kernel(x, p, mask, theta_init, warm, max_iter: int):
+def _block_kernel(x, p, mask, theta_init, warm, lin, max_iter: int):
     """Damped Newton for n padded blocks, certified from below by a dual feasible point.
+
+    Minimises ``sum_t KL(p_t || softmax(alpha + beta x_t)) + lin . (alpha, beta)``; the linear
+    term carries the Lagrange multipliers of :func:`continuity_lower_bound` (zero for the plain
+    block costs). It must sum to zero over tokens, or the minimum is unbounded.
 
     Args:
       x: (n, P) latent rescaled to [-1, 1] within each block.
@@ -78,6 +87,7 @@ def _block_kernel(x, p, mask, theta_init, warm, max_iter: int):
       theta_init: (n, 2, V) starting (alpha, beta) in the block's own coordinates, used where
         ``warm`` is set (else least squares on log-probabilities).
       warm: (n,) bool.
+      lin: (n, 2, V) linear coefficients of (alpha, beta), in the block's coordinates.
       max_iter: Newton step limit.
 
     Returns:
@@ -97,7 +107,8 @@ def _block_kernel(x, p, mask, theta_init, warm, max_iter: int):
     count = jnp.sum(pos, axis=-1)
     at = jnp.argmax(pos, axis=-1)
     last = jnp.sum(mask, axis=-1)[:, None] - 1
-    p = jnp.where(((count == 1) & ((at == 0) | (at == last)))[..., None], 0.0, p)
+    drop = (count == 1) & ((at == 0) | (at == last))
+    p = jnp.where(drop[..., None], 0.0, p)
     pos = p > 0
     omega = jnp.sum(p, axis=1, keepdims=True)  # (n, 1, P) point weights, 1 but at block ends
     pn = p / jnp.where(omega > 0, omega, 1.0)  # rows back on the simplex
@@ -112,6 +123,10 @@ def _block_kernel(x, p, mask, theta_init, warm, max_iter: int):
     # arithmetic finite (every weight is 0, so the step and the certificate are exactly 0).
     present = present | ~jnp.any(present, axis=-1, keepdims=True)
     pres = present.astype(dtype)
+    # That reduction (and the infimum at -inf of an absent token) is exact only where the linear
+    # term leaves the token alone: elsewhere the block gets no certificate.
+    lin_on = jnp.any(lin != 0, axis=1)  # (n, V)
+    uncertifiable = jnp.any(lin_on & (drop | ~jnp.any(pos, axis=-1)), axis=-1)
 
     def logits(theta):
         return theta[:, 0, :, None] + x * theta[:, 1, :, None]  # (n, V, P)
@@ -146,13 +161,13 @@ def _block_kernel(x, p, mask, theta_init, warm, max_iter: int):
         s = jnp.sum(e, axis=1, keepdims=True)
         q = e / s
         lse = (jnp.log(s) + zmax)[:, 0]
-        f = plogp + jnp.sum(omega[:, 0] * lse, axis=-1) - jnp.sum(px * theta, axis=(-2, -1))
+        f = plogp + jnp.sum(omega[:, 0] * lse, axis=-1) + jnp.sum((lin - px) * theta, (-2, -1))
         M1 = jnp.sum(w[:, :, None, :] * q[:, None], axis=-1)  # (n, 3, V)
         if V <= 8:  # fused elementwise products are fastest for a small vocabulary
             M2 = jnp.sum(w[:, :, None, None, :] * (q[:, None, :, None] * q[:, None, None, :]), -1)
         else:  # a batched matrix product, which never forms the (n, 3, V, V, P) products
             M2 = jnp.einsum("nkvp,nwp->nkvw", w[:, :, None, :] * q[:, None], q)
-        g = (M1[:, :2] - px).reshape(n, 2 * V)
+        g = (M1[:, :2] - px + lin).reshape(n, 2 * V)
         H = M1[:, ab][..., :, None] * eye_v - M2[:, ab]  # (n, 2, 2, V, V)
         H = H.transpose(0, 1, 3, 2, 4).reshape(n, 2 * V, 2 * V)
         scale = jnp.trace(H, axis1=-2, axis2=-1)[:, None, None] / (2 * V) + 1e-300
@@ -194,7 +209,7 @@ def _block_kernel(x, p, mask, theta_init, warm, max_iter: int):
     )
     theta, q, f, step, _, iters = jax.lax.while_loop(cond, body, init)
 
-    # Dual certificate: for any q_t on the simplex with sum_t w_t (q_t - p_t) [1, t] = 0,
+    # Dual certificate: for any q_t on the simplex with sum_t w_t (q_t - p_t) [1, t] + lin = 0,
     # min_theta f >= sum_t w_t (H(q_t) - H(p_t)). The softmax after a linearised Newton step,
     # q + F (z-step), satisfies the constraint exactly (up to rounding).
     dz = logits(step)
@@ -205,16 +220,23 @@ def _block_kernel(x, p, mask, theta_init, warm, max_iter: int):
     need = jnp.where(neg, -q1 / jnp.where(neg, pn - q1, 1.0), 0.0)
     s = jnp.clip(jnp.max(need, axis=(-2, -1)), 0.0, 1.0)[:, None, None]
     q2 = jnp.maximum((1.0 - s) * q1 + s * pn, 0.0)
+    # The target satisfies the constraint only without a linear term: there, a q1 that left the
+    # simplex gives no certificate.
+    uncertifiable = uncertifiable | (jnp.any(lin_on, axis=-1) & (s[:, 0, 0] > 0))
     pos2 = q2 > 0
     ent = -jnp.sum(
         omega * jnp.where(pos2, q2 * jnp.log(jnp.where(pos2, q2, 1.0)), 0.0), axis=(-2, -1)
     )
     dual = ent + plogp
-    dual = jnp.where(jnp.isfinite(dual), dual, 0.0)
+    # KL >= 0 bounds a plain block; with a linear term the cost may be negative.
+    dual = jnp.where(jnp.isfinite(dual), dual, jnp.where(jnp.any(lin_on, -1), -jnp.inf, 0.0))
+    dual = jnp.where(uncertifiable, -jnp.inf, dual)
     return f, dual, theta, iters
 
 
-def _block_costs(t: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _block_costs(
+    t: np.ndarray, p: np.ndarray, solutions: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Certified lower bounds and solver values for every block of contiguous grid points.
 
     Args:
@@ -227,6 +249,8 @@ def _block_costs(t: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     Returns:
       ``(lower, primal)``, both (T, T): entry [i, j] is for block i..j (inclusive), ``inf`` for
       i > j. ``lower`` <= true block minimum <= ``primal`` (blocks of 1 or 2 points are exactly 0).
+      With ``solutions``, a (T, T, n_b, 2, V) array, each solved block's (alpha, beta) in units
+      of t is written to ``solutions[i, j]``.
     """
     t = np.asarray(t, np.float64)
     p = np.asarray(p, np.float64)
@@ -287,6 +311,7 @@ def _block_costs(t: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
                     jnp.asarray(np.repeat(mask, nb, axis=0)),
                     jnp.asarray(np.nan_to_num(init).reshape(-1, 2, V)),
                     jnp.asarray(warm.reshape(-1)),
+                    jnp.zeros((n_chunk * nb, 2, V)),
                     max_iter=_MAX_NEWTON,
                 )
                 k = part.size
@@ -300,6 +325,8 @@ def _block_costs(t: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
                 pick = k - 1 - first
                 last[i0[pick]] = sol[pick]
                 a, b = i0[:k], j0[:k]
+                if solutions is not None:
+                    solutions[a, b] = sol
                 f = np.where(np.isfinite(f), np.maximum(f, 0.0), np.inf)
                 primal[a, b] = f.sum(axis=1)
                 cert = np.clip(d - _ROUNDING * L[:k, None], 0.0, f)
@@ -372,6 +399,36 @@ def _bucketed(p: np.ndarray, buckets) -> np.ndarray:
     return q
 
 
+def _facing(slopes: np.ndarray, starts: int = 32) -> np.ndarray:
+    """(n - 1,) directions (+1 right-facing, -1 left-facing) for the breaks of n slopes.
+
+    A ReLU path whose knots all lie inside the grid has first slope ``-sum_{j in L} Delta_j``
+    over the left-facing knots L, with ``Delta_j`` the slope change at knot j. Greedy toggling
+    from several random subsets (seeded, so the result is reproducible) picks the L whose sum
+    comes closest to ``-slopes[0]``.
+
+    Args:
+      slopes: (n, D) slopes of consecutive pieces, centred over tokens.
+    """
+    delta = np.diff(slopes, axis=0)
+    k = delta.shape[0]
+    rng = np.random.default_rng(0)
+    best, best_norm = np.zeros(k, bool), np.inf
+    for trial in range(starts):
+        left = np.zeros(k, bool) if trial == 0 else rng.random(k) < 0.5
+        r = slopes[0] + delta[left].sum(axis=0)
+        while True:
+            cand = r[None] + np.where(left[:, None], -delta, delta)
+            norm = np.einsum("ij,ij->i", cand, cand)
+            j = int(np.argmin(norm))
+            if not norm[j] < np.dot(r, r) * (1 - 1e-12):
+                break
+            left[j], r = ~left[j], cand[j]
+        if np.dot(r, r) < best_norm:
+            best, best_norm = left.copy(), float(np.dot(r, r))
+    return np.where(best, -1.0, 1.0)
+
+
 def _partitions(C: np.ndarray, max_blocks: int) -> tuple[np.ndarray, np.ndarray]:
     """Exact dynamic program over partitions of 0..T-1 into contiguous blocks.
 
@@ -423,6 +480,13 @@ class SegmentationBound:
         partition into single points, its last index repeated).
       knots: ``knots[k - 1]`` is (k,) t-values of those breaks, midway between the last point of a
         block and the first of the next; pass them to :func:`jaxfeat.fit` as ``init_knots``.
+      directions: ``directions[k - 1]`` is (k,) +1 or -1 per break: which way a ReLU feature
+        with that knot faces so that the blocks' own slopes are nearly reachable. k features
+        with knots inside the grid make k + 1 pieces only if the first slope is minus the sum of
+        the slope changes at the left-facing knots (THEORY.md, item 7); the set is chosen to
+        make that sum closest to the first block's slope (a greedy subset-sum search from
+        several starts). Pass them as ``init_directions``. All +1 where the blocks' solutions
+        were not kept (very large problems).
       solver_tol: the most by which a block's computed cost may exceed its true minimum (nats,
         summed over the block's points): the gap between the solver's value and the certified
         value used instead, which already includes the rounding margin, so ``bounds`` need no
@@ -440,6 +504,7 @@ class SegmentationBound:
     bounds: np.ndarray
     boundaries: tuple[np.ndarray, ...]
     knots: tuple[np.ndarray, ...]
+    directions: tuple[np.ndarray, ...]
     solver_tol: float
     subgrids: int
     buckets: int
@@ -549,7 +614,11 @@ def segmentation_lower_bound(
     for r in range(m):
         keep = np.arange(r, T, m)
         S = keep.size
-        lower, primal = _block_costs(t[keep], pb[keep])
+        # The blocks' own (alpha, beta), for the knots' directions, where they fit in memory.
+        sols = None
+        if r == 0 and S * S * pb.shape[1] * pb.shape[2] <= _KEEP_SOLUTIONS:
+            sols = np.full((S, S, pb.shape[1], 2, pb.shape[2]), np.nan)
+        lower, primal = _block_costs(t[keep], pb[keep], sols)
         upper = np.triu_indices(S)
         # inf where a block's solver failed
         solver_tol = max(solver_tol, float(np.max(primal[upper] - lower[upper])))
@@ -560,22 +629,419 @@ def segmentation_lower_bound(
         # costs are not exactly subadditive.
         bounds += np.minimum.accumulate(exact)[1:]
         if r == 0:
-            boundaries, knots = [], []
+            boundaries, knots, directions = [], [], []
             for k in range(1, k_max + 1):
                 b = _backtrack(start, min(k + 1, S))
+                dirs = np.ones(k)
+                if sols is not None:
+                    firsts = np.concatenate([[0], b])
+                    ends = np.concatenate([b - 1, [S - 1]])
+                    beta = sols[firsts, ends, :, 1]  # (blocks, buckets, b): NaN for 1-2 points
+                    if np.all(np.isfinite(beta)):
+                        beta = beta - beta.mean(axis=-1, keepdims=True)
+                        dirs[: b.size] = _facing(beta.reshape(b.size + 1, -1))
                 if b.size < k:
                     b = np.concatenate([b, np.full(k - b.size, b[-1])])
                 boundaries.append(keep[b])
                 knots.append((t[keep[b - 1]] + t[keep[b]]) / 2)
+                directions.append(dirs)
     return SegmentationBound(
         bounds=bounds,
         boundaries=tuple(boundaries),
         knots=tuple(knots),
+        directions=tuple(directions),
         solver_tol=solver_tol,
         subgrids=m,
         buckets=pb.shape[1],
         tol=tol,
         lower_bound=None if tol is None else 1 + int(np.count_nonzero(bounds > tol)),
+        seconds=time.perf_counter() - t0,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Continuity at the knots: the segmentation bound with a Lagrangian on the joins
+
+# Certified cost of a block whose linear term makes it unbounded, or whose certificate failed.
+_UNBOUNDED = -np.inf
+# The ascent halves its step after this many steps without a better bound, and stops once the
+# step is below _MIN_STEP of Polyak's.
+_PATIENCE = 4
+# Newton steps per block and multiplier: each starts from the block's solution at the previous
+# multipliers, and an unconverged block is still certified (by its dual point), a little lower.
+_LAGRANGE_NEWTON = 8
+_MIN_STEP = 1e-4
+_RETRIES = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class ContinuityBound:
+    """Result of :func:`continuity_lower_bound`.
+
+    Attributes:
+      k: the number of ReLU features bounded.
+      bound: certified lower bound on the mean KL (nats) of every k-feature ReLU model on this
+        grid; at least ``plain``.
+      plain: the segmentation bound ``LB(k)`` (:func:`segmentation_lower_bound`), the same
+        relaxation without the joins.
+      cap: the bound is ``min(cap, Lagrangian bound)``: blocks whose own certified cost exceeds
+        ``cap`` (nats, as a mean over the grid) were left out of the search, which is valid up to
+        that level (the cap is above the tolerance asked about).
+      iterations: supergradient steps taken.
+      blocks: blocks of grid points kept (out of T (T + 1) / 2).
+      seconds: wall-clock time.
+    """
+
+    k: int
+    bound: float
+    plain: float
+    cap: float
+    iterations: int
+    blocks: int
+    seconds: float
+
+
+def _gap_end(t: np.ndarray, g: np.ndarray, end: np.ndarray) -> np.ndarray:
+    """t at the left (end 0) or right (end 1) end of gap g, between t_g and t_g+1."""
+    return t[np.clip(g + np.maximum(end, 0), 0, t.size - 1)]
+
+
+class _Joins:
+    """Block costs with the multipliers of the joins, for every kept block and variant.
+
+    A variant is (start, end): whether the block's first point follows a join (a gap holding one
+    knot, where the two blocks' affine maps meet) and whether its last point precedes one. A
+    join at gap g (between t_g and t_g+1) with multiplier mu_g adds ``mu_g . A(tau)`` to the
+    block on its left and ``-mu_g . B(tau)`` to the one on its right; each side may put tau at
+    either end of the gap (a relaxation of the one shared knot), so a side's cost is the least of
+    two convex problems.
+    """
+
+    def __init__(self, t, p, a, b, plain, theta):
+        self.t, self.p, self.a, self.b = t, p, a, b
+        self.plain, self.theta0 = plain, theta  # (n,), (n, 2, V) in units of t
+        T, V = p.shape
+        self.n, self.V = a.size, V
+        L = b - a + 1
+        rows = []  # (block, variant, start choice, end choice)
+        for v, (s_on, e_on) in enumerate(((0, 1), (1, 0), (1, 1)), start=1):
+            ok = ((a >= 1) | (not s_on)) & ((b <= T - 2) | (not e_on)) & (L >= _PRICED)
+            for cs in (0, 1) if s_on else (-1,):
+                for ce in (0, 1) if e_on else (-1,):
+                    idx = np.nonzero(ok)[0]
+                    rows.append(
+                        np.stack(
+                            [
+                                idx,
+                                np.full_like(idx, v),
+                                np.full_like(idx, cs),
+                                np.full_like(idx, ce),
+                            ],
+                            axis=1,
+                        )
+                    )
+        self.rows = np.concatenate(rows)
+        blk = self.rows[:, 0]
+        cs, ce = self.rows[:, 2], self.rows[:, 3]
+        # the knot positions each row puts on its sides (NaN where the side has no join)
+        self.tau_s = np.where(cs >= 0, _gap_end(t, a[blk] - 1, cs), np.nan)
+        self.tau_e = np.where(ce >= 0, _gap_end(t, b[blk], ce), np.nan)
+        self.L = L[blk]
+        self.warm = self.theta0[blk].copy()
+        self.P = max(8, pow2(int(self.L.max(initial=_PRICED))))
+
+    def solve(self, mu: np.ndarray):
+        """Certified costs (n, 4) (variant 0 the plain cost) and each variant's map values."""
+        t, p, a, b = self.t, self.p, self.a, self.b
+        rows, blk = self.rows, self.rows[:, 0]
+        T, V = p.shape
+        has_s, has_e = ~np.isnan(self.tau_s), ~np.isnan(self.tau_e)
+        ms = np.where(has_s[:, None], mu[np.clip(a[blk] - 1, 0, T - 2)], 0.0)
+        me = np.where(has_e[:, None], mu[np.clip(b[blk], 0, T - 2)], 0.0)
+        ts, te = np.nan_to_num(self.tau_s), np.nan_to_num(self.tau_e)
+        c_a = me - ms
+        c_b = me * te[:, None] - ms * ts[:, None]
+        cost = np.full(rows.shape[0], _UNBOUNDED)
+        theta = self.warm.copy()
+        sel = np.arange(rows.shape[0])  # every priced block has _PRICED >= 3 points
+        if sel.size:
+            P = self.P
+            n_chunk = min(max(1, _CHUNK_SIZE // (P * max(V, 8))), pow2(sel.size))
+            with x64():
+                for lo in range(0, sel.size, n_chunk):
+                    part = sel[lo : lo + n_chunk]
+                    fill = n_chunk - part.size
+                    part_p = np.concatenate([part, np.full(fill, part[0])])
+                    i0, L = a[blk[part_p]], self.L[part_p]
+                    j0 = i0 + L - 1
+                    idx = np.minimum(i0[:, None] + np.arange(P), T - 1)
+                    mask = np.arange(P) < L[:, None]
+                    mid, half = (t[i0] + t[j0]) / 2, (t[j0] - t[i0]) / 2
+                    x = np.where(mask, (t[idx] - mid[:, None]) / half[:, None], 0.0)
+                    th = self.warm[part_p]
+                    init = np.stack(
+                        [th[:, 0] + th[:, 1] * mid[:, None], th[:, 1] * half[:, None]], axis=1
+                    )
+                    ca, cb = c_a[part_p], c_b[part_p]
+                    lin = np.stack([ca, (cb - ca * mid[:, None]) / half[:, None]], axis=1)
+                    f, d, th_b, _ = _block_kernel(
+                        jnp.asarray(x),
+                        jnp.asarray(p[idx].transpose(0, 2, 1)),
+                        jnp.asarray(mask),
+                        jnp.asarray(init),
+                        jnp.asarray(np.ones(n_chunk, bool)),
+                        jnp.asarray(lin),
+                        max_iter=_LAGRANGE_NEWTON,
+                    )
+                    k = part.size
+                    f, d, th_b = np.asarray(f)[:k], np.asarray(d)[:k], np.asarray(th_b)[:k]
+                    beta = th_b[:, 1] / half[:k, None]
+                    theta[part, 0], theta[part, 1] = th_b[:, 0] - beta * mid[:k, None], beta
+                    cert = np.minimum(d - _ROUNDING * L[:k], np.where(np.isfinite(f), f, np.inf))
+                    cost[part] = np.where(np.isfinite(d), cert, _UNBOUNDED)
+        good = np.isfinite(theta).all(axis=(1, 2))
+        self.warm[good] = theta[good]
+        # Per block and variant: the least cost over the knot positions, and that row; a variant
+        # with no rows (a join at the grid's end, or beside a short block) is absent.
+        costs = np.full((self.n, 4), np.inf)
+        costs[:, 0] = self.plain
+        pick = np.full((self.n, 4), -1)
+        order = np.lexsort((cost, rows[:, 1], blk))  # by block, variant, then cost
+        first = np.ones(order.size, bool)
+        key_bv = blk[order] * 4 + rows[order, 1]
+        first[1:] = key_bv[1:] != key_bv[:-1]
+        o = order[first]
+        # -inf sorts first; a variant with any unbounded choice is unbounded
+        costs[blk[o], rows[o, 1]] = cost[o]
+        pick[blk[o], rows[o, 1]] = o
+        self.theta = theta
+        return costs, pick
+
+    def value(self, r: int, side: str) -> np.ndarray:
+        """The block map of row r at its knot on one side, centred over tokens."""
+        tau = self.tau_s[r] if side == "s" else self.tau_e[r]
+        z = self.theta[r, 0] + self.theta[r, 1] * tau
+        return z - z.mean()
+
+
+# Break types between blocks: a free break (two knots in one gap), a join (one knot, with the
+# multiplier terms), and a join left unpriced next to a short block (fewer than _PRICED points):
+# a short block's affine map extrapolated across a gap moves a lot with its few logits, so a
+# priced join beside it is unbounded below for all but tiny multipliers (a single point's slope
+# is free: always unbounded). An unpriced join is still a valid relaxation; beside a short block
+# it saves no knot over a free break in the blocks it replaces.
+_FREE, _JOIN, _AFTER_SHORT, _BEFORE_SHORT = 0, 1, 2, 3
+_PRICED = 4
+_KNOTS = {_FREE: 2, _JOIN: 1, _AFTER_SHORT: 1, _BEFORE_SHORT: 1}
+
+
+def _add(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """x + y where an unreachable state (+inf) stays unreachable beside an unbounded cost."""
+    with np.errstate(invalid="ignore"):
+        return np.where((x == np.inf) | (y == np.inf), np.inf, x + y)
+
+
+def _joined_partitions(C: dict, T: int, k: int):
+    """Least total cost over partitions of 0..T-1 whose breaks use at most k knots.
+
+    Args:
+      C: ``C[(s, e)]`` (T, T) costs of block i..j with (s) or without a priced join before it
+        and (e) or without one after it; inf for blocks left out.
+      T: grid points.
+      k: knots available (a free break costs two, every join one).
+
+    Returns:
+      ``(value, blocks)``: the least cost and its blocks as (first, last, type before, type
+      after) tuples, left to right (type -1 at the grid's ends).
+    """
+    types = tuple(_KNOTS)
+    G = np.full((T, k + 1, 4), np.inf)  # G[e, used, X]: points 0..e, break of type X after e
+    arg = np.full((T, k + 1, 4, 2), -1, np.int64)  # (first point, type before) of the last block
+    for e in range(T - 1):
+        for X in types:
+            n = _KNOTS[X]
+            if n > k:
+                continue
+            ce = X == _JOIN
+            if X != _AFTER_SHORT or e + 1 < _PRICED:
+                if C[(False, ce)][0, e] < G[e, n, X]:
+                    G[e, n, X], arg[e, n, X] = C[(False, ce)][0, e], (0, -1)
+            if e == 0:
+                continue
+            for Y in types:
+                cost = C[(Y == _JOIN, ce)][1 : e + 1, e].copy()  # blocks i..e, i = 1..e
+                short = e - np.arange(1, e + 1) + 1 < _PRICED
+                if Y == _BEFORE_SHORT or X == _AFTER_SHORT:
+                    cost[~short] = np.inf
+                cand = _add(G[:e, : k + 1 - n, Y], cost[:, None])
+                i = np.argmin(cand, axis=0)
+                val = cand[i, np.arange(cand.shape[1])]
+                better = val < G[e, n:, X]
+                G[e, n:, X] = np.where(better, val, G[e, n:, X])
+                arg[e, n:, X][better] = np.stack([i[better] + 1, np.full(better.sum(), Y)], 1)
+    best, choice = C[(False, False)][0, T - 1], (0, -1, 0)
+    for Y in types:
+        cost = C[(Y == _JOIN, False)][1:, T - 1].copy()
+        if Y == _BEFORE_SHORT:
+            cost[T - np.arange(1, T) >= _PRICED] = np.inf
+        cand = _add(G[: T - 1, :, Y], cost[:, None])
+        i, used = np.unravel_index(np.argmin(cand), cand.shape)
+        if cand[i, used] < best:
+            best, choice = cand[i, used], (i + 1, Y, used)
+    i, Y, used = choice
+    e, X = T - 1, -1
+    blocks = []
+    while True:
+        blocks.append((int(i), int(e), int(Y), int(X)))
+        if i == 0:
+            break
+        e, X = i - 1, Y
+        i, Y = arg[e, used, X]
+        used -= _KNOTS[X]
+    return float(best), blocks[::-1]
+
+
+def continuity_lower_bound(
+    target: Target,
+    k: int,
+    *,
+    tol: float | None = None,
+    upper: float | None = None,
+    iterations: int = 40,
+) -> ContinuityBound:
+    r"""A certified lower bound on the mean KL of k ReLU features that uses continuity at knots.
+
+    The segmentation bound lets each of k + 1 blocks of grid points have its own affine logits.
+    A ReLU model's logits are continuous: where a gap between grid points holds one knot, the
+    affine maps of the blocks on either side meet at a point tau in that gap; only a gap with two
+    or more knots can break the path freely. So every k-feature model is, on the grid, a
+    partition into blocks whose breaks are *joins* (one knot each) or *free breaks* (two knots),
+    at most k knots in all, with ``A(tau) = B(tau)`` (up to a constant on every logit) at each
+    join. Relaxing those equalities with multipliers ``mu_g`` (one vector per gap, summing to 0
+    over tokens) gives, for every choice of multipliers, a lower bound (weak duality): each
+    block's cost gains ``mu . A(tau)`` at its right join and ``-mu . A(tau)`` at its left one
+    (tau at the worse end of the gap, so each side is the least of two convex problems), and a
+    dynamic program over blocks, join types and knots used finds the least total. At ``mu = 0``
+    it is the segmentation bound; supergradient steps (Polyak's rule, aimed at ``upper``) raise
+    it, and the best value found is returned. Every block cost is certified from below by a dual
+    feasible point (or in closed form for blocks of one or two points), so the bound holds
+    whatever the multipliers and the solver's accuracy, up to floating-point rounding.
+
+    JumpReLU features jump at their thresholds, so this bound is for ReLU only (the segmentation
+    bound covers both). The full grid is used (no sub-grids) and every token is one bucket.
+
+    Args:
+      target: the curve, T grid points and V tokens.
+      k: the number of features (>= 1).
+      tol: the mean-KL tolerance asked about (nats): blocks whose certified cost alone exceeds
+        ``cap = max(tol, upper)`` are left out (they cannot be part of a model below the cap),
+        which makes the search much smaller. ``None`` keeps every block.
+      upper: the mean KL the ascent aims at, e.g. the best fit's at k (default: twice the
+        segmentation bound).
+      iterations: most supergradient steps.
+
+    Returns:
+      :class:`ContinuityBound`.
+
+    Raises:
+      ValueError: for ``k < 1``, a non-positive ``tol`` or ``upper``, or ``iterations < 0``.
+
+    Example:
+      >>> import jaxfeat
+      >>> tgt = jaxfeat.targets.oscillating(4, n=64)
+      >>> cb = continuity_lower_bound(tgt, 8, iterations=10)
+      >>> bool(cb.bound > cb.plain > 0)
+      True
+    """
+    t0 = time.perf_counter()
+    if not isinstance(target, Target):
+        raise ValueError(f"target must be a jaxfeat.Target, got {type(target).__name__}.")
+    k = _validate.positive_int(k, "k")
+    if tol is not None:
+        tol = _validate.positive_float(tol, "tol")
+    if upper is not None:
+        upper = _validate.positive_float(upper, "upper")
+    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 0:
+        raise ValueError(f"iterations={iterations!r} must be an int >= 0.")
+    t = np.asarray(target.t, np.float64)
+    p = np.asarray(target.probs, np.float64)
+    p = p / p.sum(axis=1, keepdims=True)
+    T, V = p.shape
+    solutions = np.full((T, T, 1, 2, V), np.nan)
+    lower, _ = _block_costs(t, p[:, None, :], solutions)
+    best_plain, _ = _partitions(lower, min(k + 1, T))
+    plain = float(np.min(best_plain[:, -1]))  # at most k + 1 blocks
+    if upper is None:
+        upper = 2.0 * plain / T if plain > 0 else 1.0
+    cap = T * max(upper, tol or 0.0) * (1 + 1e-9)
+    if tol is None:
+        cap = np.inf
+    keep = np.isfinite(lower) & (lower <= cap)
+    a, b = np.nonzero(keep)
+    # The blocks of one and two points have no solver solution: start them from zero logits.
+    theta = np.nan_to_num(solutions[a, b, 0])
+    joins = _Joins(t, p, a, b, lower[a, b], theta)
+    # A multiplier only moves tokens present at both ends of its gap (so that every block it
+    # touches keeps the token).
+    support = (p[:-1] > 0) & (p[1:] > 0)
+
+    def evaluate(mu):
+        costs, pick = joins.solve(mu)
+        C = {}
+        for v, (s, e) in enumerate(((False, False), (False, True), (True, False), (True, True))):
+            M = np.full((T, T), np.inf)
+            M[a, b] = costs[:, v]
+            C[(s, e)] = M
+        value, blocks = _joined_partitions(C, T, k)
+        return min(value, cap), blocks, pick
+
+    # Supergradient ascent (Polyak's rule, aimed at upper) from mu = 0, the plain bound.
+    best, mu, it = min(plain, cap), np.zeros((T - 1, V)), 0
+    target_sum = T * upper
+    step, stall = 1.0, 0
+    value, blocks, pick = evaluate(mu)
+    pos = {(i, e): n for n, (i, e) in enumerate(zip(a, b, strict=True))}
+    while it < iterations and not ((tol is not None and best > T * tol) or best >= cap):
+        it += 1
+        # Supergradient: at each join, the left map minus the right map at their knots.
+        g = np.zeros_like(mu)
+        for (i, e, y, x), nxt in itertools.pairwise(blocks):
+            if x != _JOIN:
+                continue
+            left = pick[pos[(i, e)], 1 + 2 * (y == _JOIN)]  # variant (priced before?, join after)
+            right = pick[pos[(nxt[0], nxt[1])], 2 + (nxt[3] == _JOIN)]  # (join before, after?)
+            g[e] = joins.value(left, "e") - joins.value(right, "s")
+        g = np.where(support, g - g.mean(axis=1, keepdims=True), 0.0)
+        norm2 = float(np.sum(g * g))
+        if norm2 == 0.0 or step < _MIN_STEP:
+            break
+        move = max(target_sum - value, 0.0) / norm2 * g
+        # A step that leaves the multipliers' domain (some block unbounded below) is shortened
+        # for this iteration only.
+        trial = step
+        for _ in range(_RETRIES):
+            new = evaluate(mu + trial * move)
+            if new[0] > -np.inf:
+                break
+            trial /= 4
+        else:
+            step /= 4
+            continue
+        mu = mu + trial * move
+        value, blocks, pick = new
+        if value > best + 1e-12 * abs(best):
+            best, stall = value, 0
+        else:
+            stall += 1
+            if stall >= _PATIENCE:
+                step, stall = step / 2, 0
+    return ContinuityBound(
+        k=k,
+        bound=max(best, 0.0) / T,
+        plain=plain / T,
+        cap=cap / T,
+        iterations=it,
+        blocks=int(a.size),
         seconds=time.perf_counter() - t0,
     )
 

@@ -383,3 +383,137 @@ def test_token_buckets_deal_tokens_round_robin():
 def test_bad_buckets_are_named(buckets, match):
     with pytest.raises(ValueError, match=match):
         segmentation_lower_bound(_random_target(0), 2, buckets=buckets)
+
+
+# ---------------------------------------------------------------------------------------------
+# continuity_lower_bound
+
+
+def _relu_model(seed: int, k: int, T: int):
+    """A k-feature ReLU model with knots anywhere: some in one gap, at grid points, or outside."""
+    rng = np.random.default_rng(seed)
+    t = np.linspace(0.0, 1.0, T)
+    knots = rng.uniform(-0.1, 1.1, k)
+    if k >= 2 and rng.random() < 0.3:  # two knots in one gap: a free break
+        knots[1] = knots[0] + rng.uniform(0, 0.5) / (T - 1)
+    if rng.random() < 0.3:
+        knots[0] = t[rng.integers(1, T - 1)]  # a knot on a grid point
+    s = rng.choice([-1.0, 1.0], k)
+    params = jaxfeat.Features.create(
+        c=rng.normal(0, 1, 3),
+        l=rng.normal(0, 3, (k, 3)),
+        w=s * rng.uniform(0.5, 2.0, k),
+        b=-s * rng.uniform(0.5, 2.0, k) * knots,
+    )
+    return t, params
+
+
+def _continuity_cases(seed, k, noise, T=20):
+    t, params = _relu_model(seed, k, T)
+    z = np.asarray(jaxfeat.logits(params, t), np.float64)
+    rng = np.random.default_rng(1000 + seed)
+    tgt = jaxfeat.Target.from_logits(t, z + rng.normal(0, noise, z.shape))
+    return tgt, _mean_kl64(_probs64(tgt), z)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    k=st.integers(1, 4),
+    noise=st.sampled_from([0.0, 0.05, 0.3]),
+    pruned=st.booleans(),
+)
+def test_continuity_bound_is_sound_for_relu_models(seed, k, noise, pruned):
+    # The ascent aims at the model's own loss, the hardest place for a bound to stay below.
+    tgt, model_kl = _continuity_cases(seed, k, noise)
+    upper = max(model_kl, 1e-6)
+    tol = upper * 0.9 if pruned else None
+    cb = bounds.continuity_lower_bound(tgt, k, tol=tol, upper=upper, iterations=6)
+    assert not _violates(cb.bound, model_kl)
+    assert cb.bound >= cb.plain - 1e-15 and cb.plain >= 0
+
+
+def _off_centre_model(seed: int, k: int = 3, T: int = 20):
+    """An exact k-feature ReLU target whose knots sit at 15% of their gaps, not in the middle."""
+    rng = np.random.default_rng(seed)
+    t = np.linspace(0.0, 1.0, T)
+    idx = np.round(np.linspace(0, T - 1, k + 2)[1:-1]).astype(int)
+    knots = t[idx] + 0.15 * (t[1] - t[0])
+    s = rng.choice([-1.0, 1.0], k)
+    params = jaxfeat.Features.create(
+        c=rng.normal(0, 1, 3), l=rng.normal(0, 4, (k, 3)), w=s, b=-s * knots
+    )
+    z = np.asarray(jaxfeat.logits(params, t), np.float64)
+    tgt = jaxfeat.Target.from_logits(t, z)
+    return tgt, _mean_kl64(_probs64(tgt), z)
+
+
+def test_continuity_check_rejects_a_knot_fixed_at_the_gaps_midpoint(monkeypatch):
+    """The check above has teeth: pricing every join with the knot at the middle of its gap
+    (instead of the worse end) is not a bound; on exact models with off-centre knots it exceeds
+    their loss of zero."""
+
+    def middle(t, g, end):
+        return (t[np.clip(g, 0, t.size - 1)] + t[np.clip(g + 1, 0, t.size - 1)]) / 2
+
+    caught = 0
+    for seed in range(6):
+        tgt, model_kl = _off_centre_model(seed)
+        right = bounds.continuity_lower_bound(tgt, 3, upper=1e-2, iterations=10)
+        assert not _violates(right.bound, model_kl)
+        with monkeypatch.context() as m:
+            m.setattr(bounds, "_gap_end", middle)
+            wrong = bounds.continuity_lower_bound(tgt, 3, upper=1e-2, iterations=10)
+        caught += _violates(wrong.bound, model_kl)
+    assert caught >= 2
+
+
+def test_continuity_bound_tightens_the_segmentation_bound_at_coarse_tolerances():
+    # oscillating(4) with 9 features: two pieces per oscillation, where joins cost the most.
+    tgt = jaxfeat.targets.oscillating(4, n=64)
+    cb = bounds.continuity_lower_bound(tgt, 8, upper=5e-2, iterations=10)
+    plain = segmentation_lower_bound(tgt, 8).bounds[7]
+    assert cb.plain == pytest.approx(plain, rel=1e-9)
+    assert cb.bound > 1.1 * cb.plain and cb.iterations <= 10 and cb.blocks == 64 * 65 // 2
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"k": 0}, "k=0"),
+        ({"k": 2, "tol": 0.0}, "tol"),
+        ({"k": 2, "upper": -1.0}, "upper"),
+        ({"k": 2, "iterations": -1}, "iterations"),
+    ],
+)
+def test_continuity_bad_inputs(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        bounds.continuity_lower_bound(_random_target(0), **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Directions of the segmentation's knots
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_knot_directions_make_the_first_slope_reachable(seed):
+    # For a ReLU path with every knot inside the grid, s_0 = -sum of the slope changes at the
+    # left-facing knots (THEORY.md, item 7): the directions found for its own slopes satisfy it,
+    # where all-right-facing knots (the old start) do not.
+    rng = np.random.default_rng(seed)
+    k, V = 5, 3
+    delta = rng.normal(0, 2, (k, V))
+    left = rng.random(k) < 0.5
+    left[0] = True
+    s0 = -delta[left].sum(axis=0)
+    slopes = np.concatenate([s0[None], s0 + np.cumsum(delta, axis=0)])
+    slopes = slopes - slopes.mean(axis=1, keepdims=True)
+    dirs = bounds._facing(slopes)
+    residual = lambda d: slopes[0] + np.diff(slopes, axis=0)[d < 0].sum(axis=0)
+    assert np.abs(residual(dirs)).max() < 1e-9
+    assert np.abs(residual(np.ones(k))).max() > 1e-3
+    sb = segmentation_lower_bound(_random_target(seed, T=12), 4)
+    assert all(
+        set(np.unique(d)) <= {-1.0, 1.0} and d.size == kk
+        for kk, d in enumerate(sb.directions, start=1)
+    )

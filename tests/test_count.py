@@ -1,5 +1,7 @@
 """Tests for the feature-count search and the estimates (jaxfeat/_count.py)."""
 
+from types import SimpleNamespace
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -24,18 +26,37 @@ def test_required_features_oscillating():
 
 
 class _FakeFits:
-    """Stands in for fit_batch: loss = scale * k^-4 with a per-target scale, no compilation."""
+    """Stands in for fit_batch: loss = scale * k^-4 with a per-target scale, no compilation.
 
-    def __init__(self):
+    With ``step_gain`` the loss falls as ``(200 / max_steps) ** step_gain``: longer runs find
+    better fits, as the second try at the decisive count assumes.
+    """
+
+    def __init__(self, step_gain: float = 0.0):
         self.calls = []
+        self.step_gain = step_gain
 
     def __call__(
-        self, t, probs, k, *, activation, restarts, max_steps, key, k_max, init_knots, solver=None
+        self,
+        t,
+        probs,
+        k,
+        *,
+        activation,
+        restarts,
+        max_steps,
+        key,
+        k_max,
+        init_knots,
+        init_directions=None,
+        solver=None,
     ):
         ks = np.asarray(k)
         B, T, V = probs.shape
-        self.calls.append((B, k_max, ks.tolist(), np.asarray(init_knots)))
-        loss = jnp.asarray(100.0 * np.asarray(probs[:, 6, 0]) * ks.astype(float) ** -4)
+        dirs = None if init_directions is None else np.asarray(init_directions)
+        self.calls.append((B, k_max, ks.tolist(), np.asarray(init_knots), max_steps, dirs))
+        gain = (200 / max_steps) ** self.step_gain
+        loss = jnp.asarray(100.0 * np.asarray(probs[:, 6, 0]) * ks.astype(float) ** -4 * gain)
         params = jaxfeat.Features.create(
             jnp.zeros((B, V)), jnp.ones((B, k_max, V)), jnp.ones((B, k_max)), jnp.zeros((B, k_max))
         )
@@ -67,9 +88,14 @@ def test_required_features_search(monkeypatch):
         fitted = np.nonzero(~np.isnan(r.losses))[0] + 1
         assert fitted[0] == r.lower_bound and fitted[-1] >= r.k  # contiguous scan from the bound
         np.testing.assert_array_equal(fitted, np.arange(fitted[0], fitted[-1] + 1))
-    for B, slots, _ks, knots in fake.calls:  # fixed shapes: few compilations
+    for B, slots, _ks, knots, _, dirs in fake.calls:  # fixed shapes: few compilations
         assert B % 4 == 0 and B & (B - 1) == 0 and slots >= 8 and slots & (slots - 1) == 0
-        assert knots.shape == (B, slots) and np.all(np.isfinite(knots[:, 0]))
+        assert knots.shape == dirs.shape == (B, slots) and np.all(np.isfinite(knots[:, 0]))
+    # Where the bracket stayed open, the second try ran at the count below k, with twice the
+    # steps: the segmentation's start and warm starts, four rows per target.
+    polish = [c for c in fake.calls if c[4] == 400]
+    assert polish and {c[4] for c in fake.calls} == {200, 400}
+    assert all(set(c[2]) <= {r.k - 1 for r in out} for c in polish)
     # max_kl is 4x mean_kl in the fake: more features.
     worse = required_features(tgts[0], 1e-3, metric="max_kl", k_max=20)
     assert worse.k > out[0].k
@@ -78,6 +104,66 @@ def test_required_features_search(monkeypatch):
     none = required_features(tgts[1], 1e-3, k_max=2)
     assert none.k is None and none.fit is None and none.lower_bound == 3
     assert np.all(np.isnan(none.losses)) and len(fake.calls) == n_calls
+
+
+def test_required_features_second_try_closes_the_bracket(monkeypatch):
+    # Fits with twice the steps are 2x better in this fake: the second try at the decisive count
+    # succeeds, and the search goes on down until it fails or meets the certified bound.
+    tgt = jaxfeat.targets.oscillating(2, n=24)
+    s = float(tgt.probs[6, 0])
+    monkeypatch.setattr(_count, "fit_batch", _FakeFits(step_gain=1.0))
+    r = required_features(tgt, 1e-3, k_max=20)
+    reach = lambda gain: int(np.ceil((100 * s * gain / 1e-3) ** 0.25 - 1e-9))
+    assert reach(1.0) > reach(0.5)  # the fake's first pass alone would stop higher
+    assert r.k == max(r.lower_bound, reach(0.5))
+    assert r.fit.params.num_features == r.k and r.losses[r.k - 1] <= 1e-3
+    # Switched off, the search keeps its first count.
+    fake = _FakeFits(step_gain=1.0)
+    monkeypatch.setattr(_count, "fit_batch", fake)
+    off = required_features(tgt, 1e-3, k_max=20, polish=False)
+    assert off.k == max(off.lower_bound, reach(1.0)) and {c[4] for c in fake.calls} == {200}
+    with pytest.raises(ValueError, match="polish"):
+        required_features(tgt, 1e-3, polish=1)
+
+
+def test_required_features_second_try_reaches_the_bound():
+    # The issue's example: quick-mode settings alone stop at 5 for oscillating(1) at 1e-3; the
+    # second try at 4 (the certified bound) reaches it, which settles the count.
+    tgt = jaxfeat.targets.oscillating(1, n=128)
+    quick = dict(restarts=4, max_steps=100, k_max=8)
+    first = required_features(tgt, 1e-3, polish=False, **quick)
+    second = required_features(tgt, 1e-3, **quick)
+    assert first.k == 5 and first.lower_bound == 4
+    assert second.k == second.lower_bound == 4 and second.fit.mean_kl <= 1e-3
+
+
+def test_required_features_raises_the_bound_with_the_continuity_bound(monkeypatch):
+    # A stand-in continuity bound certifies the two counts above the segmentation bound's: the
+    # bracket's lower end rises by two, one count at a time, and stops where it fails.
+    monkeypatch.setattr(_count, "fit_batch", _FakeFits())
+    monkeypatch.setattr(_count, "_CONTINUITY_REACH", 0.0)
+    tgt = jaxfeat.targets.oscillating(1, n=24)
+    off = required_features(tgt, 1e-3, k_max=20, continuity_iterations=0)
+    seg = off.lower_bound
+    assert off.segmentation_bound == seg and off.k >= seg + 3
+    calls = []
+
+    def fake_bound(target, k, *, tol, upper, iterations):
+        calls.append((k, upper, iterations))
+        return SimpleNamespace(bound=2 * tol if k < seg + 2 else 0.5 * tol)
+
+    monkeypatch.setattr(_count, "continuity_lower_bound", fake_bound)
+    r = required_features(tgt, 1e-3, k_max=20, continuity_iterations=3)
+    assert r.segmentation_bound == seg and r.lower_bound == seg + 2 and r.k == off.k
+    assert [c[0] for c in calls] == [seg, seg + 1, seg + 2] and {c[2] for c in calls} == {3}
+    assert all(c[1] is None or c[1] > 1e-3 for c in calls)  # aimed at the failed fit
+    np.testing.assert_array_equal(r.bounds[seg - 1 : seg + 1], 2e-3)
+    # For JumpReLU, whose features jump at their thresholds, the bound is not used.
+    calls.clear()
+    jump = required_features(tgt, 1e-3, k_max=20, activation="jumprelu")
+    assert not calls and jump.lower_bound == jump.segmentation_bound
+    with pytest.raises(ValueError, match="continuity_iterations"):
+        required_features(tgt, 1e-3, continuity_iterations=-1)
 
 
 def test_required_features_softplus_has_no_certificate(monkeypatch):

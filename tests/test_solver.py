@@ -31,7 +31,8 @@ def test_work_queue_result_does_not_depend_on_the_lane_count():
         solver=jaxfeat.SolverSettings(),
         **SMALL,
     )
-    runs = {n: kernel(tgt.t, probs, ks, keys, knots, lanes=n, **kw) for n in (1, 6)}
+    dirs = jnp.ones_like(knots)
+    runs = {n: kernel(tgt.t, probs, ks, keys, knots, dirs, lanes=n, **kw) for n in (1, 6)}
     one = runs[1]
     assert np.all(np.asarray(one.phase) == 4)  # every member ran to the end
     assert len(set(np.asarray(one.steps).ravel())) > 1  # members finish at different times
@@ -50,6 +51,28 @@ def test_portable_cholesky_matches_lapack():
     np.testing.assert_allclose(H @ x, g, rtol=1e-3, atol=1e-3)
     lapack = jax.scipy.linalg.cho_solve(jax.scipy.linalg.cho_factor(H, lower=True), g)
     np.testing.assert_allclose(x, lapack, rtol=1e-3, atol=1e-4)
+
+
+def test_a_warm_start_takes_a_fits_knots_and_directions():
+    # A 3-feature model whose first feature faces left: one restart from its knots and
+    # directions refits it; the same knots all facing right (the default) start elsewhere.
+    tgt = targets.oscillating(1, n=48)
+    t = np.asarray(tgt.t)
+    model = jaxfeat.Features.create(
+        c=jnp.zeros(3),
+        l=jnp.array([[2.0, -1.0, 0.0], [0.0, 2.5, -2.0], [-3.0, 0.0, 1.5]]),
+        w=jnp.array([-4.0, 3.0, 5.0]),
+        b=jnp.array([1.2, -1.5, -4.0]),
+    )
+    tgt = jaxfeat.Target(tgt.t, jnp.exp(jaxfeat.log_probs(model, tgt.t)))
+    knots = -np.asarray(model.b) / np.asarray(model.w)
+    assert np.all((knots > t[0]) & (knots < t[-1]))
+    warm = dict(init_knots=knots[None], init_directions=np.sign(np.asarray(model.w))[None])
+    res = jaxfeat.fit_batch(tgt.t, tgt.probs[None], 3, restarts=1, max_steps=60, **warm)
+    right = jaxfeat.fit_batch(
+        tgt.t, tgt.probs[None], 3, restarts=1, max_steps=60, init_knots=knots[None]
+    )
+    assert float(res.mean_kl[0]) < 1e-6 < float(right.mean_kl[0])
 
 
 def test_coincident_start_knots_give_a_finite_fit():

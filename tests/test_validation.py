@@ -120,6 +120,17 @@ BATCH_CASES = [
     ("unsorted t", dict(t=T[::-1]), "not increasing"),
     ("k list of the wrong length", dict(probs=np.stack([P, P]), k=[1, 2, 3]), "k has shape.*B = 2"),
     ("k as a matrix", dict(probs=np.stack([P, P]), k=[[1], [2]]), "k has shape"),
+    ("directions without knots", dict(init_directions=[[1.0]]), "needs init_knots"),
+    (
+        "directions of the wrong shape",
+        dict(init_knots=[[0.5]], init_directions=[[1.0, 1.0]]),
+        "init_directions must be \\(B, k_max\\)",
+    ),
+    (
+        "directions not +-1",
+        dict(init_knots=[[0.5]], init_directions=[[0.5]]),
+        "init_directions must hold \\+1",
+    ),
 ]
 
 

@@ -85,21 +85,26 @@ def _field(rows: Rows, name: str) -> np.ndarray:
 
 
 _STYLES = {
+    "bracket": {"marker": "none", "ls": "-", "lw": 7, "alpha": 0.25, "solid_capstyle": "butt"},
     "k": {"marker": "o", "ls": "-", "ms": 6, "lw": 1.5},
     "censored": {"marker": "^", "ls": "none", "ms": 9, "mfc": "none", "mew": 1.5},
     "lower_bound": {"marker": "v", "ls": "--", "ms": 6, "lw": 1, "mfc": "white"},
     "predicted": {"marker": "none", "ls": ":", "lw": 2},
 }
 _STYLE_LABELS = {
+    "bracket": "open bracket: the true count lies in [bound, fitted k]",
     "k": "fitted k (smallest k whose best fit reaches tol)",
     "censored": "not reached up to k_max (drawn at k_max)",
-    "lower_bound": "certified lower bound (segmentation)",
+    "lower_bound": "certified lower bound (segmentation; continuity for ReLU)",
     "predicted": "approximation theory N(tol)",
 }
 
 
 def _draw_counts(ax: Any, x: np.ndarray, rows: Rows, color: str) -> set[str]:
     """Achieved k (censored rows as open up-triangles at k_max), certified bound, theory curve.
+
+    Where the bracket is open (bound < k) a translucent bar spans it: the true count is somewhere
+    in that range, not at the fitted point.
 
     Returns:
       The kinds of marks drawn, for :func:`_style_legend`.
@@ -108,6 +113,11 @@ def _draw_counts(ax: Any, x: np.ndarray, rows: Rows, color: str) -> set[str]:
     x, rows = x[order], [rows[i] for i in order]
     found, k = _counted(rows)
     drawn = set()
+    lb = _field(rows, "lower_bound")
+    open_ = found & np.isfinite(lb) & (lb < k)
+    for xi, lo, hi in zip(x[open_], lb[open_], k[open_], strict=True):
+        ax.plot([xi, xi], [lo, hi], color=color, **_STYLES["bracket"])
+        drawn.add("bracket")
     if found.any():
         ax.plot(x[found], k[found], color=color, **_STYLES["k"])
         drawn.add("k")

@@ -69,6 +69,10 @@ class Settings:
       k_max: largest feature count tried (per sweep overrides in ``k_max_by_sweep``).
       restarts: restarts per fit.
       max_steps: optimiser steps per fit.
+      polish_steps: steps of the second try at the decisive count (see
+        :func:`jaxfeat.required_features`).
+      continuity_iterations: supergradient steps of the continuity bound where a ReLU bracket is
+        still open.
       key: seed of the fits.
       batch: targets per ``required_features_batch`` call (rows are saved after each call). On
         a CPU one target per call is fastest: batched fits run as long as their slowest member
@@ -96,6 +100,8 @@ class Settings:
     k_max: int
     restarts: int
     max_steps: int
+    polish_steps: int
+    continuity_iterations: int = 8
     key: int = 0
     batch: int = 4
     osc_m: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 8)
@@ -125,6 +131,8 @@ class Settings:
             "k_max": self.k_max_for(sweep),
             "restarts": self.restarts,
             "max_steps": self.max_steps,
+            "polish_steps": self.polish_steps,
+            "continuity_iterations": self.continuity_iterations,
             "key": self.key,
             "metric": "mean_kl",
         }
@@ -142,10 +150,11 @@ QUICK = Settings(
     mode="quick",
     n=128,
     k_max=40,
-    restarts=4,
-    max_steps=100,
+    restarts=8,
+    max_steps=200,
+    polish_steps=400,
     batch=1,
-    vocab_sizes=(3, 8, 16, 32, 64, 1000),
+    vocab_sizes=(3, 8, 16, 32, 64),
     vocab_n=64,
     enc_targets=(
         _spec("oscillating", m=2, n=128, vocab=3),
@@ -164,6 +173,7 @@ FULL = dataclasses.replace(
     k_max=96,
     restarts=16,
     max_steps=200,
+    polish_steps=400,
     osc_tols=(1e-2, 1e-3, 1e-4),
     tol_tols=_logspace(1e-2, 1e-4, 9),
     vocab_sizes=(3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128, 256, 512, 1000),
@@ -327,6 +337,8 @@ def _count_rows(
         activation=job0.activation,
         restarts=s.restarts,
         max_steps=s.max_steps,
+        polish_steps=s.polish_steps,
+        continuity_iterations=s.continuity_iterations,
         key=s.key,
     )
     batch_seconds = time.perf_counter() - start
@@ -349,6 +361,7 @@ def _count_rows(
             "k_max": k_max,
             "k": k,
             "lower_bound": lb,
+            "segmentation_bound": None if lb is None else int(res.segmentation_bound),
             "bound_certified": job.activation in BOUNDED,
             "gap": None if k is None or lb is None else k - lb,
             "predicted": predicted if predicted is None or np.isfinite(predicted) else None,

@@ -64,7 +64,18 @@ class FakeCounter:
         return theory_n(target, tol)
 
     def required_features_batch(
-        self, targets, tol, *, metric, k_max, activation, restarts, max_steps, key
+        self,
+        targets,
+        tol,
+        *,
+        metric,
+        k_max,
+        activation,
+        restarts,
+        max_steps,
+        polish_steps,
+        continuity_iterations,
+        key,
     ):
         self.calls += 1
         time.sleep(self.delay)
@@ -88,6 +99,7 @@ class FakeCounter:
                 SimpleNamespace(
                     k=k if k <= k_max else None,
                     lower_bound=min(lb, k_max),
+                    segmentation_bound=min(lb, k_max),
                     losses=losses,
                     bounds=bounds,
                     fit=fit if k <= k_max else None,
@@ -106,6 +118,7 @@ TINY = dataclasses.replace(
     k_max=12,
     restarts=1,
     max_steps=5,
+    polish_steps=5,
     batch=2,
     osc_m=(1, 2, 3),
     tol_m=(1, 2),
@@ -457,7 +470,7 @@ def test_settings_presets_and_errors(tmp_path):
             ids = [j.id for j in ex.jobs(sweep, s)]
             assert len(ids) == len(set(ids)) > 0
     assert 1e-3 in ex.QUICK.osc_tols and {1e-2, 1e-3, 1e-4} <= set(ex.FULL.osc_tols)
-    assert max(ex.FULL.vocab_sizes) == 1000 == max(ex.QUICK.vocab_sizes)
+    assert max(ex.FULL.vocab_sizes) == 1000 and max(ex.QUICK.vocab_sizes) == 64
     assert ex.FULL.osc_m == tuple(range(1, 9))
     with pytest.raises(ValueError, match="sweep"):
         ex.run_sweeps(tmp_path, TINY, sweeps=["nope"])
