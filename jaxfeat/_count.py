@@ -174,12 +174,9 @@ def required_features_batch(
     polish_steps = _validate.positive_int(
         2 * max_steps if polish_steps is None else polish_steps, "polish_steps"
     )
-    if (
-        isinstance(continuity_iterations, bool)
-        or not isinstance(continuity_iterations, int | np.integer)
-        or continuity_iterations < 0
-    ):
-        raise ValueError(f"continuity_iterations={continuity_iterations!r} must be an int >= 0.")
+    continuity_iterations = _validate.nonnegative_int(
+        continuity_iterations, "continuity_iterations"
+    )
     tol = _validate.positive_float(tol, "tol")
     if metric not in METRICS:
         raise ValueError(

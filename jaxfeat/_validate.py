@@ -30,6 +30,12 @@ def positive_int(value: object, name: str) -> int:
     return int(value)
 
 
+def nonnegative_int(value: object, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        raise ValueError(f"{name}={value!r} must be an integer >= 0.")
+    return int(value)
+
+
 def positive_float(value: object, name: str) -> float:
     return _number(value, name, "> 0")
 

@@ -954,15 +954,11 @@ def continuity_lower_bound(
       True
     """
     t0 = time.perf_counter()
-    if not isinstance(target, Target):
-        raise ValueError(f"target must be a jaxfeat.Target, got {type(target).__name__}.")
+    target = _validate.target(target)
     k = _validate.positive_int(k, "k")
-    if tol is not None:
-        tol = _validate.positive_float(tol, "tol")
-    if upper is not None:
-        upper = _validate.positive_float(upper, "upper")
-    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 0:
-        raise ValueError(f"iterations={iterations!r} must be an int >= 0.")
+    tol = None if tol is None else _validate.positive_float(tol, "tol")
+    upper = None if upper is None else _validate.positive_float(upper, "upper")
+    iterations = _validate.nonnegative_int(iterations, "iterations")
     t = np.asarray(target.t, np.float64)
     p = np.asarray(target.probs, np.float64)
     p = p / p.sum(axis=1, keepdims=True)
