@@ -329,10 +329,15 @@ def required_features_batch(
         todo = nxt
 
     # The lower side: the continuity of ReLU paths at their knots, where the bracket is open.
-    T_, V_ = targets[0].probs.shape
-    if activation == "relu" and continuity_iterations and V_ <= AUTO_BUCKET_VOCAB:
+    T, V = targets[0].probs.shape
+    if (
+        activation == "relu"
+        and continuity_iterations
+        and V <= AUTO_BUCKET_VOCAB
+        and T <= AUTO_SUBGRID
+    ):
         for i in range(n):
-            while found[i] is not None and lower[i] < found[i] and T_ <= AUTO_SUBGRID:
+            while found[i] is not None and lower[i] < found[i]:
                 K = lower[i]
                 if bounds[i][K - 1] < _CONTINUITY_REACH * tol:
                     break

@@ -127,6 +127,9 @@ def _block_kernel(x, p, mask, theta_init, warm, lin, max_iter: int):
     # term leaves the token alone: elsewhere the block gets no certificate.
     lin_on = jnp.any(lin != 0, axis=1)  # (n, V)
     uncertifiable = jnp.any(lin_on & (drop | ~jnp.any(pos, axis=-1)), axis=-1)
+    # A linear term must not move the constant shift of every logit (else unbounded below).
+    scale = jnp.sum(jnp.abs(lin), axis=(1, 2)) + 1e-300
+    uncertifiable = uncertifiable | (jnp.max(jnp.abs(jnp.sum(lin, axis=-1)), -1) > 1e-9 * scale)
 
     def logits(theta):
         return theta[:, 0, :, None] + x * theta[:, 1, :, None]  # (n, V, P)
@@ -701,6 +704,17 @@ class ContinuityBound:
     seconds: float
 
 
+def _centred(g: np.ndarray, support: np.ndarray) -> np.ndarray:
+    """(T - 1, V) multipliers moved onto the supported tokens of each gap, summing to zero there.
+
+    A multiplier with a non-zero sum over tokens would make every block it touches unbounded
+    along the constant shift of all logits.
+    """
+    n = support.sum(axis=1, keepdims=True)
+    mean = np.sum(g * support, axis=1, keepdims=True) / np.maximum(n, 1)
+    return np.where(support & (n > 1), g - mean, 0.0)
+
+
 def _gap_end(t: np.ndarray, g: np.ndarray, end: np.ndarray) -> np.ndarray:
     """t at the left (end 0) or right (end 1) end of gap g, between t_g and t_g+1."""
     return t[np.clip(g + np.maximum(end, 0), 0, t.size - 1)]
@@ -1007,7 +1021,7 @@ def continuity_lower_bound(
             left = pick[pos[(i, e)], 1 + 2 * (y == _JOIN)]  # variant (priced before?, join after)
             right = pick[pos[(nxt[0], nxt[1])], 2 + (nxt[3] == _JOIN)]  # (join before, after?)
             g[e] = joins.value(left, "e") - joins.value(right, "s")
-        g = np.where(support, g - g.mean(axis=1, keepdims=True), 0.0)
+        g = _centred(g, support)
         norm2 = float(np.sum(g * g))
         if norm2 == 0.0 or step < _MIN_STEP:
             break

@@ -433,6 +433,21 @@ def test_continuity_bound_is_sound_for_relu_models(seed, k, noise, pruned):
     assert cb.bound >= cb.plain - 1e-15 and cb.plain >= 0
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_continuity_bound_is_sound_on_count_data_with_zeros(seed):
+    # Counts sampled from a ReLU model: tokens absent at some points, where the multipliers
+    # must leave them alone (and sum to zero over the rest).
+    t, params = _relu_model(seed, 3, 20)
+    z = np.asarray(jaxfeat.logits(params, t), np.float64)
+    q = np.exp(z - logsumexp(z, axis=1, keepdims=True))
+    rng = np.random.default_rng(seed)
+    counts = np.stack([rng.multinomial(12, row) for row in q])
+    tgt = jaxfeat.Target.from_counts(t, counts)
+    model_kl = _mean_kl64(_probs64(tgt), z)
+    cb = bounds.continuity_lower_bound(tgt, 3, upper=model_kl, iterations=6)
+    assert np.any(counts == 0) and not _violates(cb.bound, model_kl)
+
+
 def _off_centre_model(seed: int, k: int = 3, T: int = 20):
     """An exact k-feature ReLU target whose knots sit at 15% of their gaps, not in the middle."""
     rng = np.random.default_rng(seed)
