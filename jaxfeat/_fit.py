@@ -253,7 +253,7 @@ def _fit_checked(
                 f"init_knots must be (B, k_max) = {(B, k_max)}, got {np.shape(init_knots)}."
             )
         knots = jnp.asarray(init_knots, p.dtype)
-    dirs = np.ones((B, k_max), p.dtype)
+    dirs = np.ones((B, k_max))
     if init_directions is not None:
         if init_knots is None:
             raise ValueError("init_directions needs init_knots: they are the knots' directions.")
@@ -263,7 +263,7 @@ def _fit_checked(
                 f"{np.shape(init_directions)}."
             )
         if _validate.is_traced(init_directions):
-            dirs = jnp.where(jnp.asarray(init_directions) < 0, -1.0, 1.0).astype(p.dtype)
+            dirs = jnp.where(jnp.asarray(init_directions) < 0, -1.0, 1.0)
         else:
             d = np.asarray(init_directions, np.float64)
             if not np.all(np.isin(d, (-1.0, 1.0)) | np.isnan(d)):
@@ -271,13 +271,13 @@ def _fit_checked(
                     "init_directions must hold +1 (off left of the knot) or -1 (off right), "
                     "or NaN where free."
                 )
-            dirs = np.where(d < 0, -1.0, 1.0).astype(p.dtype)
+            dirs = np.where(d < 0, -1.0, 1.0)
+    dirs = jnp.asarray(dirs, p.dtype)
     n_params = (k_max + 1) * p.shape[-1] + enc_count(activation) * k_max
     if optimizer is not None:
         method = "optax"
     else:
         method = "dense" if n_params <= solver.lm_max_params else "cg"
-    dirs = jnp.asarray(dirs, p.dtype)
     if _validate.is_traced(p, ks, keys, knots):
         devices = ()
     else:

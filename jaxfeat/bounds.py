@@ -128,8 +128,9 @@ def _block_kernel(x, p, mask, theta_init, warm, lin, max_iter: int):
     lin_on = jnp.any(lin != 0, axis=1)  # (n, V)
     uncertifiable = jnp.any(lin_on & (drop | ~jnp.any(pos, axis=-1)), axis=-1)
     # A linear term must not move the constant shift of every logit (else unbounded below).
-    scale = jnp.sum(jnp.abs(lin), axis=(1, 2)) + 1e-300
-    uncertifiable = uncertifiable | (jnp.max(jnp.abs(jnp.sum(lin, axis=-1)), -1) > 1e-9 * scale)
+    lin_size = jnp.sum(jnp.abs(lin), axis=(1, 2)) + 1e-300
+    shift = jnp.max(jnp.abs(jnp.sum(lin, axis=-1)), axis=-1)
+    uncertifiable = uncertifiable | (shift > 1e-9 * lin_size)
 
     def logits(theta):
         return theta[:, 0, :, None] + x * theta[:, 1, :, None]  # (n, V, P)
@@ -733,27 +734,17 @@ class _Joins:
 
     def __init__(self, t, p, a, b, plain, theta):
         self.t, self.p, self.a, self.b = t, p, a, b
-        self.plain, self.theta0 = plain, theta  # (n,), (n, 2, V) in units of t
-        T, V = p.shape
-        self.n, self.V = a.size, V
+        self.plain = plain  # (n,) certified plain costs
+        T = p.shape[0]
+        self.n = a.size
         L = b - a + 1
         rows = []  # (block, variant, start choice, end choice)
         for v, (s_on, e_on) in enumerate(((0, 1), (1, 0), (1, 1)), start=1):
             ok = ((a >= 1) | (not s_on)) & ((b <= T - 2) | (not e_on)) & (L >= _PRICED)
+            idx = np.nonzero(ok)[0]
             for cs in (0, 1) if s_on else (-1,):
                 for ce in (0, 1) if e_on else (-1,):
-                    idx = np.nonzero(ok)[0]
-                    rows.append(
-                        np.stack(
-                            [
-                                idx,
-                                np.full_like(idx, v),
-                                np.full_like(idx, cs),
-                                np.full_like(idx, ce),
-                            ],
-                            axis=1,
-                        )
-                    )
+                    rows.append(np.stack(np.broadcast_arrays(idx, v, cs, ce), axis=1))
         self.rows = np.concatenate(rows)
         blk = self.rows[:, 0]
         cs, ce = self.rows[:, 2], self.rows[:, 3]
@@ -761,11 +752,12 @@ class _Joins:
         self.tau_s = np.where(cs >= 0, _gap_end(t, a[blk] - 1, cs), np.nan)
         self.tau_e = np.where(ce >= 0, _gap_end(t, b[blk], ce), np.nan)
         self.L = L[blk]
-        self.warm = self.theta0[blk].copy()
+        self.warm = theta[blk]  # (rows, 2, V) in units of t: each row's latest solution
         self.P = max(8, pow2(int(self.L.max(initial=_PRICED))))
 
     def solve(self, mu: np.ndarray):
-        """Certified costs (n, 4) (variant 0 the plain cost) and each variant's map values."""
+        """Certified costs (n, 4) of each block's variants (0: plain) at multipliers ``mu``, and
+        the row that attains each (the knot positions chosen); -1 where a variant is absent."""
         t, p, a, b = self.t, self.p, self.a, self.b
         rows, blk = self.rows, self.rows[:, 0]
         T, V = p.shape
@@ -775,15 +767,15 @@ class _Joins:
         ts, te = np.nan_to_num(self.tau_s), np.nan_to_num(self.tau_e)
         c_a = me - ms
         c_b = me * te[:, None] - ms * ts[:, None]
-        cost = np.full(rows.shape[0], _UNBOUNDED)
+        n_rows = rows.shape[0]
+        cost = np.full(n_rows, _UNBOUNDED)
         theta = self.warm.copy()
-        sel = np.arange(rows.shape[0])  # every priced block has _PRICED >= 3 points
-        if sel.size:
+        if n_rows:  # every priced block has _PRICED >= 3 points: all go to the kernel
             P = self.P
-            n_chunk = min(max(1, _CHUNK_SIZE // (P * max(V, 8))), pow2(sel.size))
+            n_chunk = min(max(1, _CHUNK_SIZE // (P * max(V, 8))), pow2(n_rows))
             with x64():
-                for lo in range(0, sel.size, n_chunk):
-                    part = sel[lo : lo + n_chunk]
+                for lo in range(0, n_rows, n_chunk):
+                    part = np.arange(lo, min(lo + n_chunk, n_rows))
                     fill = n_chunk - part.size
                     part_p = np.concatenate([part, np.full(fill, part[0])])
                     i0, L = a[blk[part_p]], self.L[part_p]
@@ -882,9 +874,9 @@ def _joined_partitions(C: dict, T: int, k: int):
                     G[e, n, X], arg[e, n, X] = C[(False, ce)][0, e], (0, -1)
             if e == 0:
                 continue
+            short = e - np.arange(1, e + 1) + 1 < _PRICED  # block i..e, i = 1..e
             for Y in types:
                 cost = C[(Y == _JOIN, ce)][1 : e + 1, e].copy()  # blocks i..e, i = 1..e
-                short = e - np.arange(1, e + 1) + 1 < _PRICED
                 if Y == _BEFORE_SHORT or X == _AFTER_SHORT:
                     cost[~short] = np.inf
                 cand = _add(G[:e, : k + 1 - n, Y], cost[:, None])
@@ -938,8 +930,9 @@ def continuity_lower_bound(
     dynamic program over blocks, join types and knots used finds the least total. At ``mu = 0``
     it is the segmentation bound; supergradient steps (Polyak's rule, aimed at ``upper``) raise
     it, and the best value found is returned. Every block cost is certified from below by a dual
-    feasible point (or in closed form for blocks of one or two points), so the bound holds
-    whatever the multipliers and the solver's accuracy, up to floating-point rounding.
+    feasible point (blocks of fewer than 4 points carry no multiplier terms, see ``_PRICED``), so
+    the bound holds whatever the multipliers and the solver's accuracy, up to floating-point
+    rounding.
 
     JumpReLU features jump at their thresholds, so this bound is for ReLU only (the segmentation
     bound covers both). The full grid is used (no sub-grids) and every token is one bucket.
@@ -988,7 +981,7 @@ def continuity_lower_bound(
         cap = np.inf
     keep = np.isfinite(lower) & (lower <= cap)
     a, b = np.nonzero(keep)
-    # The blocks of one and two points have no solver solution: start them from zero logits.
+    # Blocks of one or two points have no solver solution; they carry no multipliers either.
     theta = np.nan_to_num(solutions[a, b, 0])
     joins = _Joins(t, p, a, b, lower[a, b], theta)
     # A multiplier only moves tokens present at both ends of its gap (so that every block it
