@@ -6,6 +6,7 @@ curves p(t), proves what one feature can and cannot do, and certifies how many a
 """
 
 from . import bounds as bounds
+from . import distributed as distributed
 from . import sae as sae
 from . import targets as targets
 from . import theory as theory

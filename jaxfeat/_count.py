@@ -12,11 +12,12 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from . import _validate
+from . import _validate, distributed
 from ._arrays import pow2
 from ._fit import FitResult, fit_batch
 from ._hinge import SolverSettings
@@ -91,7 +92,8 @@ def required_features(target: Target, tol: float, **options: Any) -> RequiredFea
       tol: tolerance on the metric, in nats (> 0).
       **options: the keywords of :func:`required_features_batch` (``metric``, ``k_max``,
         ``activation``, ``restarts``, ``max_steps``, ``polish``, ``polish_steps``,
-        ``continuity_iterations``, ``key``, ``solver``, ``progress``).
+        ``continuity_iterations``, ``key``, ``solver``, ``devices``,
+        ``progress``).
 
     Returns:
       :class:`RequiredFeatures`.
@@ -121,6 +123,7 @@ def required_features_batch(
     continuity_iterations: int = 8,
     key: int = 0,
     solver: SolverSettings | None = None,
+    devices: Sequence[jax.Device] | None = None,
     progress: bool | None = None,
 ) -> list[RequiredFeatures]:
     """:func:`required_features` for many targets on one grid, sharing compiled fits.
@@ -128,6 +131,11 @@ def required_features_batch(
     Each round fits the next few feature counts of every target that has not yet reached
     ``tol`` in one :func:`jaxfeat.fit_batch` call with a fixed number of feature slots, so the
     whole search compiles a handful of kernels however many targets there are.
+
+    In a multi-process job (:func:`jaxfeat.distributed.initialize`) every process calls it with
+    the same inputs: the fits and the bounds are split over the processes and their results
+    gathered before each decision, so every process runs the same search and returns the same
+    results as a one-process run.
 
     Args:
       targets: targets with the same grid ``t`` and vocabulary size.
@@ -147,6 +155,8 @@ def required_features_batch(
         whose segmentation bound is within reach of ``tol``).
       key: integer seed.
       solver: :class:`jaxfeat.SolverSettings` for the fits (default settings if ``None``).
+      devices: as in :func:`jaxfeat.fit_batch`: given, or inside
+        :func:`jaxfeat.distributed.local`, this process runs its own search, without the others.
       progress: a progress bar over the fitting rounds on stderr; ``None`` shows it only on a
         terminal.
 
@@ -197,14 +207,12 @@ def required_features_batch(
             )
 
     n = len(targets)
+    spread = devices is None and distributed.spreading()
     if activation == "softplus":
         bounds = [np.zeros(k_max) for _ in targets]
         seg_knots = None
     else:
-        segs = [segmentation_lower_bound(tgt, k_max, activation) for tgt in targets]
-        bounds = [s.bounds for s in segs]
-        seg_knots = [s.knots for s in segs]
-        seg_dirs = [s.directions for s in segs]
+        bounds, seg_knots, seg_dirs = _segmentations(targets, k_max, activation, spread)
     lower = [1 + int(np.count_nonzero(b > tol)) for b in bounds]  # bounds are non-increasing
     seg_lower = list(lower)
     losses = [np.full(k_max, np.nan) for _ in targets]
@@ -256,6 +264,8 @@ def required_features_batch(
             solver=solver,
             init_knots=jnp.asarray(init, dtype),
             init_directions=jnp.asarray(dirs, dtype),
+            devices=devices,
+            progress=False,
         )
         values = np.asarray(getattr(res, metric))
         starts = _starts(res.params, activation)
@@ -312,6 +322,8 @@ def required_features_batch(
             solver=solver,
             init_knots=jnp.asarray(init, dtype),
             init_directions=jnp.asarray(dirs, dtype),
+            devices=devices,
+            progress=False,
         )
         values = np.asarray(getattr(res, metric))
         nxt = []
@@ -336,7 +348,8 @@ def required_features_batch(
         and V <= AUTO_BUCKET_VOCAB
         and T <= AUTO_SUBGRID
     ):
-        for i in range(n):
+        mine = range(*distributed.share(n)[:2]) if spread else range(n)
+        for i in mine:
             while found[i] is not None and lower[i] < found[i]:
                 K = lower[i]
                 if bounds[i][K - 1] < _CONTINUITY_REACH * tol:
@@ -353,6 +366,14 @@ def required_features_batch(
                 if cb.bound <= tol:
                     break
                 lower[i] = K + 1
+        if spread:
+            start, stop, size = distributed.share(n)
+            pad = [stop - 1 if stop > start else n - 1] * (size - (stop - start))
+            rows = list(range(start, stop)) + pad
+            every = distributed.gather(
+                (np.array([lower[i] for i in rows]), np.stack([bounds[i] for i in rows])), n
+            )
+            lower, bounds = [int(v) for v in every[0]], list(every[1])
 
     return [
         RequiredFeatures(
@@ -368,6 +389,35 @@ def required_features_batch(
         )
         for i in range(n)
     ]
+
+
+def _segmentations(
+    targets: Sequence[Target], k_max: int, activation: str, spread: bool
+) -> tuple[list[np.ndarray], list[list[np.ndarray]], list[list[np.ndarray]]]:
+    """Each target's segmentation bounds, knots and knot directions; split over the processes
+    of a multi-process job (``spread``) and gathered, so every process holds every target's."""
+    n = len(targets)
+    if not spread:
+        segs = [segmentation_lower_bound(tgt, k_max, activation) for tgt in targets]
+        return [s.bounds for s in segs], [s.knots for s in segs], [s.directions for s in segs]
+    start, stop, size = distributed.share(n)
+    rows = list(range(start, stop)) or [n - 1]
+    rows += [rows[-1]] * (size - len(rows))
+    # knots[k - 1] holds k values: the k-th row of a (k_max, k_max) triangle, NaN above it.
+    packed = []
+    for i in rows:
+        seg = segmentation_lower_bound(targets[i], k_max, activation)
+        knots = np.full((k_max, k_max), np.nan)
+        dirs = np.ones((k_max, k_max))
+        for k in range(1, k_max + 1):
+            knots[k - 1, :k], dirs[k - 1, :k] = seg.knots[k - 1], seg.directions[k - 1]
+        packed.append((np.asarray(seg.bounds), knots, dirs))
+    b, kn, dr = distributed.gather(tuple(np.stack(x) for x in zip(*packed, strict=True)), n)
+    return (
+        list(b),
+        [[kn[i, k - 1, :k] for k in range(1, k_max + 1)] for i in range(n)],
+        [[dr[i, k - 1, :k] for k in range(1, k_max + 1)] for i in range(n)],
+    )
 
 
 def _starts(params: Any, activation: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -19,8 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.typing import ArrayLike
+from tqdm.auto import tqdm
 
-from . import _validate
+from . import _validate, distributed
 from ._arrays import bcast
 from ._hinge import Member, SolverSettings, enc_count, to_features
 from ._model import Features, kl, log_probs
@@ -146,12 +147,20 @@ def fit_batch(
     init_directions: ArrayLike | None = None,
     solver: SolverSettings | None = None,
     devices: Sequence[jax.Device] | None = None,
+    progress: bool | None = None,
 ) -> FitResult:
     """Fits k-feature models to B targets on one grid in one compiled call.
 
     Targets, restarts and feature counts are vmapped together; a batch may mix feature counts
     (``k`` of shape (B,)): every member uses ``k_max`` feature slots and masks the unused ones, so
     a sweep over k compiles once.
+
+    A batch too large for device memory streams through in equal chunks of targets (sized by
+    ``solver.chunk_bytes``, or a quarter of an accelerator's memory), one compilation for all of
+    them, so working memory stays flat in B. In a multi-process job
+    (:func:`jaxfeat.distributed.initialize`), every process calls this with the same inputs; each
+    fits its share of the targets on its own devices and every process returns the whole result,
+    identical to a one-process run with the same key.
 
     Args:
       t: (T,) strictly increasing grid.
@@ -175,8 +184,12 @@ def fit_batch(
         from that fit's knots.
       solver: the engine's constants (:class:`jaxfeat.SolverSettings`; default settings if
         ``None``).
-      devices: devices to split the targets over (default: every device, ``jax.devices()``);
-        inside ``jit`` or ``vmap`` the fit runs where it is traced.
+      devices: devices of this process to split the targets over (default: every local device,
+        and in a multi-process job every process's, except inside
+        :func:`jaxfeat.distributed.local`); inside ``jit`` or ``vmap`` the fit runs where it is
+        traced. Given, the fit runs on them alone, without the other processes.
+      progress: a progress bar over the chunks on stderr; ``None`` shows one only on a terminal
+        and only when there are several chunks.
 
     Returns:
       :class:`FitResult` with a leading axis B on every array; ``params`` padded to ``k_max``.
@@ -212,6 +225,7 @@ def fit_batch(
         init_directions=init_directions,
         solver=solver,
         devices=devices,
+        progress=progress,
     )
 
 
@@ -230,6 +244,7 @@ def _fit_checked(
     solver: SolverSettings | None,
     init_directions: ArrayLike | None = None,
     devices: Sequence[jax.Device] | None,
+    progress: bool | None = None,
 ) -> FitResult:
     """:func:`fit_batch` on a grid and targets that are already validated."""
     _validate.activation(activation)
@@ -278,17 +293,82 @@ def _fit_checked(
         method = "optax"
     else:
         method = "dense" if n_params <= solver.lm_max_params else "cg"
-    if _validate.is_traced(p, ks, keys, knots):
-        devices = ()
-    else:
-        devices = tuple(jax.devices() if devices is None else devices)
-        if not devices:
-            raise ValueError("devices is empty; pass None for every device, or a list of them.")
+    kernel = functools.partial(
+        _fit_members,
+        t,
+        k_max=k_max,
+        restarts=restarts,
+        activation=activation,
+        max_steps=max_steps,
+        optimizer=optimizer,
+        method=method,
+        solver=solver,
+    )
+    args = (p, ks, keys, knots, dirs)
+    if _validate.is_traced(p, ks, keys, knots, dirs):
+        return kernel(args, ())
+    spread = devices is None and distributed.spreading()
+    devices = tuple(jax.local_devices() if devices is None else devices)
+    if not devices:
+        raise ValueError("devices is empty; pass None for every device, or a list of them.")
+    if any(d.process_index != jax.process_index() for d in devices):
+        raise ValueError(
+            "devices must belong to this process (jax.local_devices()); pass None to split the "
+            "targets over every process of the job."
+        )
+    if spread:
+        start, stop, size = distributed.share(B)
+        args = tuple(_rows(a, start, stop, size) for a in args)
+    n = args[0].shape[0]
+    T, V = p.shape[1:]
+    chunk = chunk_targets(restarts, T, V, k_max, p.dtype.itemsize, devices, solver)
+    if n <= chunk and not spread:
+        return kernel(args, devices)
+    # The lane width is the one a single process fitting the whole batch would use: results are
+    # then bit for bit the same (members in lanes of one width do not depend on each other).
+    kernel = functools.partial(kernel, width=min(B, chunk))
+    chunk = min(chunk, n)
+    parts = []
+    with tqdm(
+        total=n,
+        desc="fit_batch",
+        unit="target",
+        leave=False,
+        disable=(n <= chunk or None) if progress is None else not progress,
+    ) as bar:
+        for lo in range(0, n, chunk):
+            m = min(chunk, n - lo)
+            res = kernel(tuple(_rows(a, lo, lo + m, chunk) for a in args), devices)
+            parts.append(jax.tree.map(lambda x, m=m: np.asarray(x)[:m], res))
+            bar.update(m)
+    out = jax.tree.map(lambda *xs: np.concatenate(xs), *parts)
+    if spread:
+        out = distributed.gather(out, B)
+    return jax.tree.map(jnp.asarray, out)
+
+
+def _fit_members(
+    t: jax.Array,
+    args: tuple,
+    devices: tuple,
+    *,
+    k_max: int,
+    restarts: int,
+    activation: str,
+    max_steps: int,
+    optimizer: optax.GradientTransformation | None,
+    method: str,
+    solver: SolverSettings,
+    width: int | None = None,
+) -> FitResult:
+    """One compiled fit of (targets, counts, keys, knots, directions) on ``devices``; the lanes
+    are sized for ``width`` targets (default: these)."""
+    p = args[0]
+    B = p.shape[0]
     n_dev = max(len(devices), 1)
-    args = _pad_batch((p, ks, keys, knots, dirs), n_dev)
     platform = devices[0].platform if devices else jax.default_backend()
     lanes = lanes_for(
-        args[0].shape[0] // n_dev * restarts,
+        -(-(width or B) // n_dev) * restarts,
         p.shape[1],
         p.shape[2],
         k_max,
@@ -296,6 +376,8 @@ def _fit_checked(
         platform,
         solver,
     )
+    # Every device fills its lanes: a share smaller than them is padded (by repeats) to them.
+    args = _pad_batch(args, n_dev, minimum=n_dev * -(-lanes // restarts))
     members = fit_kernel(
         t,
         *args,
@@ -312,6 +394,45 @@ def _fit_checked(
     if args[0].shape[0] != B:
         members = jax.tree.map(lambda x: x[:B], members)
     return _select(members, t, p, activation)
+
+
+def chunk_targets(
+    restarts: int,
+    T: int,
+    V: int,
+    k_max: int,
+    itemsize: int,
+    devices: Sequence[jax.Device],
+    solver: SolverSettings,
+) -> int:
+    """Targets per chunk of a large :func:`fit_batch`: what fits the memory budget of each device.
+
+    A member's largest live arrays are a few (T, (k + 1) V) intermediates; four of them per
+    restart is a safe ceiling for every method (the optax path holds them for every member at
+    once). The budget is ``solver.chunk_bytes`` per device, or a quarter of an accelerator's
+    memory where JAX reports it. The result depends on the shapes only, not on B, so every chunk
+    of every batch of that shape shares one compilation.
+
+    Example:
+      >>> import jax, jaxfeat
+      >>> chunk_targets(16, 256, 3, 8, 4, jax.devices("cpu")[:1], jaxfeat.SolverSettings())
+      606
+    """
+    per_target = 4 * restarts * T * (k_max + 1) * V * itemsize
+    budget = solver.chunk_bytes
+    if devices and devices[0].platform != "cpu":
+        stats = devices[0].memory_stats() or {}
+        budget = stats.get("bytes_limit", 4 * budget) // 4
+    return len(devices) * max(1, budget // per_target)
+
+
+def _rows(a, start: int, stop: int, size: int):
+    """Rows ``start:stop`` of ``a``, padded to ``size`` by repeating the last (or ``a``'s last)."""
+    part = a[start:stop] if stop > start else a[-1:]
+    pad = size - part.shape[0]
+    if not pad:
+        return part
+    return jnp.concatenate([jnp.asarray(part), jnp.repeat(jnp.asarray(part[-1:]), pad, axis=0)])
 
 
 def _feature_counts(k: int | ArrayLike, k_max: int | None, B: int) -> tuple[jax.Array, int]:
@@ -358,9 +479,12 @@ def _keys(key: int | jax.Array, B: int) -> jax.Array:
     return jax.random.split(key, B)
 
 
-def _pad_batch(arrays, devices: int):
-    """Pads the target axis to a multiple of the device count by repeating the last target."""
-    pad = -arrays[0].shape[0] % devices
+def _pad_batch(arrays, devices: int, minimum: int = 0):
+    """Pads the target axis to a multiple of the device count, and to at least ``minimum``
+    targets, by repeating the last target."""
+    B = arrays[0].shape[0]
+    pad = max(minimum - B, 0)
+    pad += -(B + pad) % devices
     if not pad:
         return arrays
     return tuple(jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)]) for a in arrays)

@@ -64,6 +64,9 @@ class SolverSettings:
         whole batch.
       accelerator_lanes: lanes on GPU or TPU, where wide vmaps pay: as many as there are members,
         up to this cap on memory.
+      chunk_bytes: memory budget per device of one chunk of a large :func:`jaxfeat.fit_batch` on
+        CPU (on GPU and TPU a quarter of the device's memory): a batch past it streams through
+        in equal chunks, so memory stays flat in the batch size.
 
     Example:
       >>> import jaxfeat
@@ -91,6 +94,7 @@ class SolverSettings:
     cg_rtol: float = 1e-2
     cpu_lane_bytes: int = 2**21
     accelerator_lanes: int = 2**16
+    chunk_bytes: int = 2**30
 
 
 class Grid(NamedTuple):

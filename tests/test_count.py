@@ -50,6 +50,8 @@ class _FakeFits:
         init_knots,
         init_directions=None,
         solver=None,
+        devices=None,
+        progress=None,
     ):
         ks = np.asarray(k)
         B, T, V = probs.shape

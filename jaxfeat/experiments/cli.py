@@ -10,8 +10,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from jaxfeat.distributed import initialize, launched_processes
+
 from . import commands, plots, sweeps, toy_models
-from .store import atomic_write_json
+from .store import Processes, atomic_write_json, discard
 
 # Where `jaxfeat reproduce` looks for the committed reference results, and where it computes.
 REFERENCE_DIR = "benchmarks/results/feature_count_{mode}"
@@ -32,6 +34,7 @@ def reproduce(
     settings: sweeps.Settings | None = None,
     counter: object = None,
     toy: bool = True,
+    processes: Processes | None = None,
 ) -> int:
     """Recomputes every sweep, draws every figure and compares the numbers with the reference.
 
@@ -53,17 +56,24 @@ def reproduce(
       toy: also train the toy models of :mod:`jaxfeat.experiments.toy_models` (the mode's
         preset, into ``out/toy_models``) and compare them with
         ``benchmarks/results/toy_models_<mode>``.
+      processes: this process of a job of several (``Processes.from_jax()``): every process
+        runs ``reproduce`` with the same arguments and computes its share of the rows; process 0
+        keeps the marker, draws the figures and reports.
 
     Returns:
       The exit code: 0, or 1 when ``reuse`` finds no reference results.
     """
     start = time.perf_counter()
+    procs = processes or Processes()
+    lead = procs.index == 0
     settings = settings or sweeps.PRESETS["full" if full else "quick"]
     toy_settings = toy_models.FULL if full else toy_models.QUICK
     mode = settings.mode
     ref = Path(reference or REFERENCE_DIR.format(mode=mode))
     figs = Path(figures_dir)
     if reuse:
+        if not lead:
+            return 0
         if not any(sweeps.read_rows(ref, s) for s in sweeps.SWEEPS):
             print(f"jaxfeat reproduce --reuse: no results in {ref}", file=sys.stderr)
             return 1
@@ -85,24 +95,33 @@ def reproduce(
         and marker.get("status") == "running"
         and (marker.get("mode") == mode)
     )
-    if not resume:
-        for sweep in sweeps.SWEEPS:
-            sweeps.results_path(run, sweep).unlink(missing_ok=True)
-        for sweep in toy_models.SWEEPS:
-            (run / "toy_models" / f"{sweep}.json").unlink(missing_ok=True)
-        (run / "toy_models" / toy_models.EXAMPLE_RECORD).unlink(missing_ok=True)
-    atomic_write_json(run / _MARKER, {"mode": mode, "status": "running", "started": time.time()})
-    print(
-        f"jaxfeat reproduce ({mode} mode): "
-        f"{'resuming the interrupted run' if resume else 'a new run'}"
-        f" in {run}",
-        flush=True,
-    )
-    sweeps.run_sweeps(run, settings, counter=counter, progress=progress)
+    # Every process decides from the marker as it was, before process 0 rewrites it.
+    procs.wait("reproduce: marker read")
+    if lead:
+        if not resume:
+            for sweep in sweeps.SWEEPS:
+                discard(sweeps.results_path(run, sweep))
+            for sweep in toy_models.SWEEPS:
+                discard(run / "toy_models" / f"{sweep}.json")
+            (run / "toy_models" / toy_models.EXAMPLE_RECORD).unlink(missing_ok=True)
+        atomic_write_json(
+            run / _MARKER, {"mode": mode, "status": "running", "started": time.time()}
+        )
+        print(
+            f"jaxfeat reproduce ({mode} mode): "
+            f"{'resuming the interrupted run' if resume else 'a new run'}"
+            f" in {run}" + (f", {procs.count} processes" if procs.count > 1 else ""),
+            flush=True,
+        )
+    procs.wait("reproduce: started")
+    sweeps.run_sweeps(run, settings, counter=counter, progress=progress, processes=procs)
     toy_figures = []
     if toy:
-        print("trained toy models (jaxfeat.experiments.toy_models)", flush=True)
-        toy_figures = toy_models.run_all(toy_settings, run / "toy_models", figs)
+        if lead:
+            print("trained toy models (jaxfeat.experiments.toy_models)", flush=True)
+        toy_figures = toy_models.run_all(toy_settings, run / "toy_models", figs, processes=procs)
+    if not lead:
+        return 0
     atomic_write_json(
         run / _MARKER, {"mode": mode, "status": "done", "seconds": time.perf_counter() - start}
     )
@@ -162,9 +181,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     rep.add_argument(
         "--no-toy", action="store_true", help="skip the trained toy models (3 of the 7 minutes)"
     )
+    add_distributed_arguments(rep)
     commands.add_parsers(sub)
     args = parser.parse_args(argv)
     if args.command == "reproduce":
+        try:
+            procs = start_distributed(args)
+        except ValueError as err:
+            parser.error(str(err))
         return reproduce(
             args.full,
             out=args.out,
@@ -174,8 +198,50 @@ def main(argv: Sequence[str] | None = None) -> int:
             fresh=args.fresh,
             progress=not args.quiet,
             toy=not args.no_toy,
+            processes=procs,
         )
     return args.func(args)
+
+
+def add_distributed_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that join a multi-process job (see :func:`start_distributed`)."""
+    group = parser.add_argument_group(
+        "many processes (jax.distributed; none needed under srun or mpirun)"
+    )
+    group.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0")
+    group.add_argument("--num-processes", type=int, metavar="N", help="processes in the job")
+    group.add_argument("--process-id", type=int, metavar="I", help="this process, 0 to N - 1")
+    group.add_argument(
+        "--distributed",
+        action="store_true",
+        help="join a job that jax.distributed.initialize() finds by itself (e.g. a TPU slice)",
+    )
+
+
+def start_distributed(args: argparse.Namespace) -> Processes:
+    """Joins the job the options of :func:`add_distributed_arguments` describe, if any.
+
+    With ``--coordinator``, ``--num-processes`` and ``--process-id`` (all three), or
+    ``--distributed``, or under a cluster manager's launcher that started several processes
+    (:func:`jaxfeat.distributed.launched_processes`), this calls
+    :func:`jaxfeat.distributed.initialize`; otherwise the job is this one process.
+
+    Returns:
+      This process of the job.
+
+    Raises:
+      ValueError: for a partial set of the three options.
+
+    Example:
+      >>> parser = argparse.ArgumentParser()
+      >>> add_distributed_arguments(parser)
+      >>> start_distributed(parser.parse_args([]))
+      Processes(index=0, count=1)
+    """
+    given = (args.coordinator, args.num_processes, args.process_id)
+    if any(x is not None for x in given) or args.distributed or launched_processes() > 1:
+        initialize(*given)
+    return Processes.from_jax()
 
 
 if __name__ == "__main__":

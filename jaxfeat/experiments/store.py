@@ -7,8 +7,12 @@ then ``os.replace`` swaps it in, which is atomic on POSIX and Windows. A process
 therefore leaves either the previous file or the new one, never a torn one; on restart the store
 loads the rows it has and the runner skips their ids, so no row is lost or written twice.
 
-One writer per file: the store does not lock, and a second process writing the same file would
-overwrite the first one's rows.
+One writer per file, and no locks. In a job of several processes (:class:`Processes`) each
+process owns every n-th row (:meth:`ResultsStore.mine`) and writes its rows to a part file of its
+own, ``<sweep>.process-<i>.json``, atomically as above; every process reads all the parts, so a
+restarted job skips every finished row whichever process finished it. :meth:`ResultsStore.merge`
+then writes the sweep's one file with every row exactly once and removes the parts. A job killed
+before the merge leaves the parts; the next run, with any number of processes, reads them.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import os
 import platform
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +126,7 @@ def environment() -> dict[str, Any]:
         "backend": jax.default_backend(),
         "device": devices[0].device_kind,
         "device_count": len(devices),
+        "process_count": jax.process_count(),
         "x64": bool(jax.config.jax_enable_x64),
         "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
@@ -188,6 +193,49 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
+class Processes:
+    """Which process of a job this is, and how the job's processes wait for each other.
+
+    Args:
+      index: this process, 0 to ``count - 1``.
+      count: processes in the job.
+      barrier: ``barrier(name)`` returns once every process has called it with that name.
+
+    Example:
+      >>> Processes().count, Processes(1, 2).index
+      (1, 1)
+    """
+
+    # A plain class, not a dataclass: worker processes load this module without registering it.
+    def __init__(
+        self, index: int = 0, count: int = 1, barrier: Callable[[str], None] | None = None
+    ) -> None:
+        if not 0 <= index < count:
+            raise ValueError(f"index={index} must be from 0 to count - 1 = {count - 1}.")
+        self.index, self.count, self.barrier = index, count, barrier
+
+    def __repr__(self) -> str:
+        return f"Processes(index={self.index}, count={self.count})"
+
+    @classmethod
+    def from_jax(cls) -> Processes:
+        """This process of the running JAX job (one process unless ``jax.distributed`` is on)."""
+        import jax
+
+        if jax.process_count() == 1:
+            return cls()
+        from jax.experimental import multihost_utils
+
+        return cls(jax.process_index(), jax.process_count(), multihost_utils.sync_global_devices)
+
+    def wait(self, name: str) -> None:
+        """Returns once every process has called ``wait(name)`` (at once with one process)."""
+        if self.count > 1:
+            if self.barrier is None:
+                raise ValueError("a job of several processes needs a barrier; see from_jax().")
+            self.barrier(name)
+
+
 class ResultsStore:
     """Rows of one sweep in one JSON file, saved atomically and resumed after a crash.
 
@@ -204,6 +252,8 @@ class ResultsStore:
       fresh: discard an existing file instead of resuming it.
       record_environment: record :func:`environment` (imports JAX); turn off for tests of the store
         alone.
+      processes: this process of a job of several (see the module docstring); the default is a
+        job of one, which writes the sweep's file itself.
 
     Raises:
       ValueError: if the file belongs to another sweep or was written with another config.
@@ -228,49 +278,105 @@ class ResultsStore:
         config: Mapping[str, Any] | None = None,
         fresh: bool = False,
         record_environment: bool = True,
+        processes: Processes | None = None,
     ) -> None:
         self.path = Path(path)
         self.sweep = sweep
         self.config = jsonable(dict(config or {}))
+        self.processes = processes or Processes()
         self._rows: dict[str, dict[str, Any]] = {}
-        self._clean_stale_tmp()
+        self._own: dict[str, dict[str, Any]] = {}
+        if self.processes.index == 0:
+            self._clean_stale_tmp()
         env = environment() if record_environment else None
-        old = None if fresh else load(self.path)
+        if fresh and self.processes.index == 0:
+            discard(self.path)
+        # Every process must see the files as they are now, before any of them writes a row.
+        self.processes.wait(f"open {self.path.name}")
+        self._load(env)
+
+    def _load(self, env: dict[str, Any] | None) -> None:
+        old = main = load(self.path)
+        parts = [(part, load(part)) for part in self._parts()]
+        for part, data in parts:
+            if data is not None:
+                self._check(part, data)
+        if old is None:
+            old = next((data for _, data in parts if data is not None), None)
         if old is None:
             self._meta = {
                 "format": FORMAT,
-                "sweep": sweep,
+                "sweep": self.sweep,
                 "config": self.config,
                 "environment": env,
                 "created": _now(),
             }
             return
-        if old.get("sweep") != sweep:
-            raise ValueError(
-                f"{self.path} holds sweep {old.get('sweep')!r}, not {sweep!r}; use another file."
-            )
-        if old.get("config") != self.config:
-            raise ValueError(
-                f"{self.path} was written with config {old.get('config')} but this run uses "
-                f"{self.config}; delete the file or pass fresh=True to start the sweep again."
-            )
+        self._check(self.path, old)
         self._meta = {k: v for k, v in old.items() if k != "rows"}
         if env is not None and env != old.get("environment"):
             others = self._meta.setdefault("other_environments", [])
             if env not in others:
                 others.append(env)
-        for row in old["rows"]:
+        for row in old["rows"] if old is main else []:
             self._rows[row["id"]] = row
+        for part, data in parts:
+            for row in [] if data is None else data["rows"]:
+                self._rows.setdefault(row["id"], row)
+                if part == self._part():
+                    self._own[row["id"]] = row
+
+    def _check(self, path: Path, data: dict[str, Any]) -> None:
+        if data.get("sweep") != self.sweep:
+            raise ValueError(
+                f"{path} holds sweep {data.get('sweep')!r}, not {self.sweep!r}; use another file."
+            )
+        if data.get("config") != self.config:
+            raise ValueError(
+                f"{path} was written with config {data.get('config')} but this run uses "
+                f"{self.config}; delete the file or pass fresh=True to start the sweep again."
+            )
+
+    def _parts(self) -> list[Path]:
+        return parts(self.path)
+
+    def _part(self) -> Path:
+        return self.path.with_name(
+            f"{self.path.stem}.process-{self.processes.index}{self.path.suffix}"
+        )
 
     def _clean_stale_tmp(self) -> None:
         # Left behind only by a process killed between creating and renaming its temporary file.
         if self.path.parent.is_dir():
-            for tmp in self.path.parent.glob(f".{self.path.name}.*.tmp"):
-                tmp.unlink(missing_ok=True)
+            stem, suffix = self.path.stem, self.path.suffix
+            for pattern in (f".{self.path.name}.*.tmp", f".{stem}.process-*{suffix}.*.tmp"):
+                for tmp in self.path.parent.glob(pattern):
+                    tmp.unlink(missing_ok=True)
 
     def done(self, row_id: str) -> bool:
-        """Whether a row with this id is already stored."""
+        """Whether a row with this id is already stored (by any process)."""
         return row_id in self._rows
+
+    def mine(self, ids: Sequence[str]) -> list[str]:
+        """The ids of ``ids`` this process computes: every ``count``-th from its ``index``, less
+        those already stored.
+
+        The split depends on the order of ``ids`` only, not on what is stored, so every process
+        agrees on it at any point of a resumed job, and no row is computed by two processes.
+
+        Example:
+          >>> import tempfile, pathlib
+          >>> path = pathlib.Path(tempfile.mkdtemp()) / "demo.json"
+          >>> ResultsStore(path, "demo", record_environment=False).mine(["a", "b", "c"])
+          ['a', 'b', 'c']
+          >>> second = Processes(1, 2, barrier=lambda name: None)  # of two processes
+          >>> ResultsStore(path, "demo", record_environment=False, processes=second).mine(
+          ...     ["a", "b", "c"]
+          ... )
+          ['b']
+        """
+        n, i = self.processes.count, self.processes.index
+        return [rid for j, rid in enumerate(ids) if j % n == i and rid not in self._rows]
 
     def __contains__(self, row_id: object) -> bool:
         return row_id in self._rows
@@ -303,12 +409,67 @@ class ResultsStore:
         for row in rows:
             if "id" not in row:
                 raise ValueError(f"row {dict(row)} has no 'id'; build one with row_id().")
-            self._rows[str(row["id"])] = jsonable(dict(row))
+            self._rows[str(row["id"])] = self._own[str(row["id"])] = jsonable(dict(row))
         self.save()
 
     def save(self) -> None:
-        """Writes the file atomically (also creates it when no row was added yet)."""
+        """Writes the file atomically (also creates it when no row was added yet).
+
+        In a job of several processes this process's part file; with one process the sweep's
+        file, with any parts an earlier job left, which are then removed.
+        """
+        if self.processes.count > 1:
+            rows = list(self._own.values())
+            atomic_write_json(self._part(), {**self._meta, "updated": _now(), "rows": rows})
+            return
         atomic_write_json(self.path, {**self._meta, "updated": _now(), "rows": self.rows})
+        for part in self._parts():
+            part.unlink(missing_ok=True)
+
+    def merge(self, order: Sequence[str] = ()) -> None:
+        """Writes the sweep's one file from every process's part, each row once, and removes the
+        parts; every process calls it, and on return every process holds every row.
+
+        Args:
+          order: ids in the order the file lists them (others follow in the order they came).
+        """
+        p = self.processes
+        rank = {rid: j for j, rid in enumerate(order)}
+
+        def ordered(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+            rows = sorted(rows, key=lambda r: rank.get(r["id"], len(rank)))
+            return {r["id"]: r for r in rows}
+
+        if p.count == 1:
+            self._rows = ordered(self.rows)
+            self.save()
+            return
+        p.wait(f"merge {self.path.name}")
+        if p.index == 0:
+            self._rows = {}
+            self._load(None)
+            self._rows = ordered(self.rows)
+            atomic_write_json(self.path, {**self._meta, "updated": _now(), "rows": self.rows})
+            for part in self._parts():
+                part.unlink(missing_ok=True)
+        p.wait(f"merged {self.path.name}")
+        self._rows, self._own = {}, {}
+        self._load(None)
+
+
+def parts(path: str | os.PathLike) -> list[Path]:
+    """Every process's part file of a results file (of any job, whatever its process count)."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    return sorted(path.parent.glob(f"{path.stem}.process-*{path.suffix}"))
+
+
+def discard(path: str | os.PathLike) -> None:
+    """Deletes a results file and every process's part of it (those that exist)."""
+    Path(path).unlink(missing_ok=True)
+    for part in parts(path):
+        part.unlink(missing_ok=True)
 
 
 def load(path: str | os.PathLike) -> dict[str, Any] | None:

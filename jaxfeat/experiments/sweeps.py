@@ -34,10 +34,10 @@ import numpy as np
 from tqdm.auto import tqdm
 
 import jaxfeat
-from jaxfeat import Target, affine_rank
+from jaxfeat import Target, affine_rank, distributed
 from jaxfeat import targets as _targets
 
-from .store import ResultsStore, load, row_id
+from .store import Processes, ResultsStore, load, row_id
 
 SWEEPS = ("oscillations", "tolerance", "vocabulary", "encoders", "examples", "seed_fits")
 # The seed's three curves, as target specs (the examples and seed_fits sweeps).
@@ -481,8 +481,15 @@ def run_sweep(
     counter: Any = None,
     fresh: bool = False,
     progress: bool = True,
+    processes: Processes | None = None,
 ) -> Path:
     """Runs (or resumes) one sweep, saving its rows to ``results_dir/<sweep>.json`` as they finish.
+
+    In a job of several processes (``processes``, e.g. ``Processes.from_jax()`` after
+    :func:`jaxfeat.distributed.initialize`), every process runs this with the same arguments and
+    computes every n-th row on its own devices (:meth:`ResultsStore.mine`); the rows are merged
+    into the one file at the end. A row's numbers do not depend on which process computed it
+    (rows are fitted one per call, ``Settings.batch`` = 1 in the presets).
 
     Args:
       sweep: one of :data:`SWEEPS`.
@@ -492,6 +499,7 @@ def run_sweep(
         ``predicted_features`` (default: :mod:`jaxfeat._count`); tests pass a stand-in.
       fresh: discard an existing results file instead of resuming it.
       progress: print a progress line on stderr.
+      processes: this process of the job (default: a job of one).
 
     Returns:
       The results file's path.
@@ -500,39 +508,50 @@ def run_sweep(
       ValueError: for an unknown sweep or preset, or a results file written with other settings.
     """
     s = _settings(settings)
+    procs = processes or Processes()
     todo_all = jobs(sweep, s)
+    order = [job.id for job in todo_all]
     store = ResultsStore(
-        results_path(results_dir, sweep), sweep, config=s.fit_config(sweep), fresh=fresh
+        results_path(results_dir, sweep),
+        sweep,
+        config=s.fit_config(sweep),
+        fresh=fresh,
+        processes=procs,
     )
-    todo = [job for job in todo_all if not store.done(job.id)]
+    mine = set(store.mine(order))
+    todo = [job for job in todo_all if job.id in mine]
     if not todo:
-        if not store.path.exists():
-            store.save()
+        store.merge(order)
         return store.path
     if counter is None and any(j.k is None and j.activation != UNCONSTRAINED for j in todo):
         counter = _default_counter()
     built = {job.id: make_target(job.spec) for job in todo}
+    share = order[procs.index :: procs.count]
     bar = tqdm(
-        total=len(todo_all),
-        initial=len(todo_all) - len(todo),
-        desc=f"{sweep} ({s.mode})",
+        total=len(share),
+        initial=len(share) - len(todo),
+        desc=f"{sweep} ({s.mode})"
+        + (f" process {procs.index}/{procs.count}" if procs.count > 1 else ""),
         unit="row",
         disable=not progress,
     )
     for group in _groups(todo, built, s.batch):
         job0 = group[0]
-        if job0.activation == UNCONSTRAINED:
-            rows = [_rank_row(job0, built[job0.id])]
-        elif job0.k is not None:
-            rows = _fit_rows(group, built[job0.id], s)
-        else:
-            rows = _count_rows(group, [built[j.id] for j in group], s, counter)
+        # Each process fits its own rows: no call may wait for the other processes.
+        with distributed.local():
+            if job0.activation == UNCONSTRAINED:
+                rows = [_rank_row(job0, built[job0.id])]
+            elif job0.k is not None:
+                rows = _fit_rows(group, built[job0.id], s)
+            else:
+                rows = _count_rows(group, [built[j.id] for j in group], s, counter)
         store.add_many(rows)
         last = rows[-1]
         note = f"{last['label']} k={last['k']}" + (f" tol={last['tol']:g}" if "tol" in last else "")
         bar.set_postfix_str(note, refresh=False)
         bar.update(len(rows))
     bar.close()
+    store.merge(order)
     return store.path
 
 
@@ -554,6 +573,7 @@ def run_sweeps(
     counter: Any = None,
     fresh: bool = False,
     progress: bool = True,
+    processes: Processes | None = None,
 ) -> dict[str, Path]:
     """Runs (or resumes) several sweeps; see :func:`run_sweep`.
 
@@ -565,6 +585,7 @@ def run_sweeps(
       counter: see :func:`run_sweep`.
       fresh: start every sweep again.
       progress: progress lines on stderr.
+      processes: see :func:`run_sweep`.
 
     Returns:
       ``{sweep: results file}``.
@@ -574,7 +595,13 @@ def run_sweeps(
             raise ValueError(f"unknown sweep {sweep!r}; use one of {', '.join(SWEEPS)}.")
     return {
         sweep: run_sweep(
-            sweep, results_dir, settings, counter=counter, fresh=fresh, progress=progress
+            sweep,
+            results_dir,
+            settings,
+            counter=counter,
+            fresh=fresh,
+            progress=progress,
+            processes=processes,
         )
         for sweep in sweeps
     }

@@ -44,7 +44,7 @@ import jaxfeat.sae as js
 from jaxfeat import targets, toy
 
 from .plots import save
-from .store import ResultsStore, atomic_write_json, load, row_id
+from .store import Processes, ResultsStore, atomic_write_json, load, row_id
 
 TARGETS = {
     "temperature": lambda n: targets.temperature(n=n),
@@ -170,10 +170,11 @@ def neurons(settings: Settings, store: ResultsStore) -> None:
         for layers, latent in ((2, "linear"), (1, "token"))
     ]
     bounds: dict[str, np.ndarray] = {}
-    for name, seed, d, layers, latent in jobs:
-        key = dict(target=name, seed=seed, d_mlp=d, n_layers=layers, latent=latent)
-        rid = row_id("neurons", key)
-        if store.done(rid):
+    keys = [dict(target=n, seed=s, d_mlp=d, n_layers=ly, latent=lt) for n, s, d, ly, lt in jobs]
+    ids = [row_id("neurons", key) for key in keys]
+    mine = set(store.mine(ids))
+    for (name, seed, d, layers, latent), key, rid in zip(jobs, keys, ids, strict=True):
+        if rid not in mine:
             continue
         model, wall = _train(
             settings, name, seed, d_mlp=d, n_layers=layers, latent=latent, attention=False
@@ -212,6 +213,7 @@ def neurons(settings: Settings, store: ResultsStore) -> None:
             }
         )
         print(f"neurons {rid}: trained {store.rows[-1]['trained_kl']:.2e}", file=sys.stderr)
+    store.merge(ids)
 
 
 _SPARSITY = {"standard": "l1", "topk": "k", "jumprelu": "l0"}
@@ -254,93 +256,107 @@ def families(settings: Settings, store: ResultsStore) -> None:
     sae_specs = _sae_specs(settings)
     example = _example(settings)
     example_dir = store.path.parent / "example"
-    for name in settings.targets:
-        for seed in settings.seeds:
-            rids = [
-                row_id("families", dict(target=name, seed=seed, sae=arch, d_sae=size, sparsity=sp))
-                for arch, size, sp in sae_specs
-            ]
-            if all(store.done(r) for r in rids):
-                continue
-            model, wall = _train(settings, name, seed, d_mlp=settings.width, attention=True)
-            target = model.corpus.target
-            curve = model.curve()
-            tol = max(mean_kl(target.probs, curve), 1e-4)  # the tolerance the model reaches
-            own = jaxfeat.Target(target.t, curve, normalize=True)
-            req = jaxfeat.required_features(
-                own, tol, k_max=settings.k_max, restarts=settings.fit_restarts, key=seed
-            )
-            samples = model.mlp_out(settings.sae_samples, seed=seed + 1)
-            x = samples["resid"]
-            for rid, (arch, size, sparsity) in zip(rids, sae_specs, strict=True):
-                if store.done(rid):
-                    continue
-                value = int(sparsity) if arch == "topk" else sparsity
-                start = time.perf_counter()
-                sae = toy.train_sae(
-                    x,
-                    d_sae=size,
-                    architecture=arch,
-                    steps=settings.sae_steps,
-                    seed=seed,
-                    **{_SPARSITY[arch]: value},
-                )
-                jax.block_until_ready(sae)  # dispatch is asynchronous: time the work itself
-                sae_wall = time.perf_counter() - start
-                f = np.asarray(js.encode(sae, x))
-                recon = np.asarray(js.decode(sae, f))
-                fvu = float(np.sum((recon - x) ** 2) / np.sum((x - x.mean(0)) ** 2))
-                # The spliced-in SAE's own error over the target's tokens, per sample (the usual
-                # SAE metric; family_kl is on bin means with a refitted offset, so may be lower).
-                inside = slice(0, target.vocab)
-                b_U = np.asarray(model.params["b_U"])[inside]
-                spliced = jax.nn.softmax(recon @ samples["W_U"][:, inside] + b_U, axis=-1)
-                p_in = samples["probs"][:, inside]
-                sae_kl = mean_kl(p_in / p_in.sum(1, keepdims=True), np.asarray(spliced))
-                fam = _family(sae, samples, target, tol)
-                if (name, seed, (arch, size, sparsity)) == example:
-                    # The record goes first and comes back last: files without it are partial.
-                    (store.path.parent / EXAMPLE_RECORD).unlink(missing_ok=True)
-                    model.save(example_dir / "model")
-                    js.save_saelens(sae, example_dir / "sae", metadata={"row": rid})
-                    meta = {
-                        "id": rid,
-                        "target": name,
-                        "seed": seed,
-                        "model_kl": tol,
-                        "settings": dataclasses.asdict(settings),
-                    }
-                    # Written last: its presence means the example is complete.
-                    atomic_write_json(store.path.parent / EXAMPLE_RECORD, meta)
-                store.add(
-                    {
-                        "id": rid,
-                        "target": name,
-                        "seed": seed,
-                        "sae": arch,
-                        "d_sae": size,
-                        "sparsity": sparsity,
-                        "model_kl": tol,
-                        "model_wall_s": wall,
-                        "model_converged": model.converged,
-                        "required_k": req.k,
-                        "required_lower_bound": req.lower_bound,
-                        "family_size": int(fam.members.size),
-                        "subfamily_size": None
-                        if fam.subfamily is None
-                        else int(fam.subfamily.size),
-                        "family_kl": fam.kl,
-                        "family_search": fam.search,
-                        "sae_fvu": fvu,
-                        "sae_kl": sae_kl,
-                        "sae_alive": int((f > 0).any(0).sum()),
-                        "sae_l0": float((f > 0).sum(1).mean()),
-                        "sae_wall_s": sae_wall,
-                    }
-                )
-                print(
-                    f"families {rid}: family {fam.members.size}, required {req.k}", file=sys.stderr
-                )
+    models = [(name, seed) for name in settings.targets for seed in settings.seeds]
+    # The process that trains a model trains all its SAEs: no model is trained twice.
+    procs = store.processes
+    order = []
+    for j, (name, seed) in enumerate(models):
+        rids = [
+            row_id("families", dict(target=name, seed=seed, sae=arch, d_sae=size, sparsity=sp))
+            for arch, size, sp in sae_specs
+        ]
+        order += rids
+        if j % procs.count == procs.index and not all(store.done(r) for r in rids):
+            _family_rows(settings, store, name, seed, rids, example, example_dir)
+    store.merge(order)
+
+
+def _family_rows(
+    settings: Settings,
+    store: ResultsStore,
+    name: str,
+    seed: int,
+    rids: list[str],
+    example: tuple,
+    example_dir: Path,
+) -> None:
+    """Trains one model and its SAEs, and adds their rows."""
+    sae_specs = _sae_specs(settings)
+    model, wall = _train(settings, name, seed, d_mlp=settings.width, attention=True)
+    target = model.corpus.target
+    curve = model.curve()
+    tol = max(mean_kl(target.probs, curve), 1e-4)  # the tolerance the model reaches
+    own = jaxfeat.Target(target.t, curve, normalize=True)
+    req = jaxfeat.required_features(
+        own, tol, k_max=settings.k_max, restarts=settings.fit_restarts, key=seed
+    )
+    samples = model.mlp_out(settings.sae_samples, seed=seed + 1)
+    x = samples["resid"]
+    for rid, (arch, size, sparsity) in zip(rids, sae_specs, strict=True):
+        if store.done(rid):
+            continue
+        value = int(sparsity) if arch == "topk" else sparsity
+        start = time.perf_counter()
+        sae = toy.train_sae(
+            x,
+            d_sae=size,
+            architecture=arch,
+            steps=settings.sae_steps,
+            seed=seed,
+            **{_SPARSITY[arch]: value},
+        )
+        jax.block_until_ready(sae)  # dispatch is asynchronous: time the work itself
+        sae_wall = time.perf_counter() - start
+        f = np.asarray(js.encode(sae, x))
+        recon = np.asarray(js.decode(sae, f))
+        fvu = float(np.sum((recon - x) ** 2) / np.sum((x - x.mean(0)) ** 2))
+        # The spliced-in SAE's own error over the target's tokens, per sample (the usual
+        # SAE metric; family_kl is on bin means with a refitted offset, so may be lower).
+        inside = slice(0, target.vocab)
+        b_U = np.asarray(model.params["b_U"])[inside]
+        spliced = jax.nn.softmax(recon @ samples["W_U"][:, inside] + b_U, axis=-1)
+        p_in = samples["probs"][:, inside]
+        sae_kl = mean_kl(p_in / p_in.sum(1, keepdims=True), np.asarray(spliced))
+        fam = _family(sae, samples, target, tol)
+        if (name, seed, (arch, size, sparsity)) == example:
+            # The record goes first and comes back last: files without it are partial.
+            (store.path.parent / EXAMPLE_RECORD).unlink(missing_ok=True)
+            model.save(example_dir / "model")
+            js.save_saelens(sae, example_dir / "sae", metadata={"row": rid})
+            meta = {
+                "id": rid,
+                "target": name,
+                "seed": seed,
+                "model_kl": tol,
+                "settings": dataclasses.asdict(settings),
+            }
+            # Written last: its presence means the example is complete.
+            atomic_write_json(store.path.parent / EXAMPLE_RECORD, meta)
+        store.add(
+            {
+                "id": rid,
+                "target": name,
+                "seed": seed,
+                "sae": arch,
+                "d_sae": size,
+                "sparsity": sparsity,
+                "model_kl": tol,
+                "model_wall_s": wall,
+                "model_converged": model.converged,
+                "required_k": req.k,
+                "required_lower_bound": req.lower_bound,
+                "family_size": int(fam.members.size),
+                "subfamily_size": None if fam.subfamily is None else int(fam.subfamily.size),
+                "family_kl": fam.kl,
+                "family_search": fam.search,
+                "sae_fvu": fvu,
+                "sae_kl": sae_kl,
+                "sae_alive": int((f > 0).any(0).sum()),
+                "sae_l0": float((f > 0).sum(1).mean()),
+                "sae_wall_s": sae_wall,
+            }
+        )
+        print(f"families {rid}: family {fam.members.size}, required {req.k}", file=sys.stderr)
 
 
 # The training-length check trains for this many times the sweep's steps.
@@ -351,11 +367,12 @@ def training_length(settings: Settings, store: ResultsStore) -> None:
     """The widest one-layer MLP-only model of each target (first seed), trained ``LONGER`` times
     as long: whether the neurons sweep's losses are capacity or training budget."""
     d, seed = max(settings.d_mlps), settings.seeds[0]
-    for name in settings.targets:
-        steps = LONGER * settings.steps
-        key = dict(target=name, seed=seed, d_mlp=d, steps=steps)
-        rid = row_id("training_length", key)
-        if store.done(rid):
+    steps = LONGER * settings.steps
+    keys = [dict(target=name, seed=seed, d_mlp=d, steps=steps) for name in settings.targets]
+    ids = [row_id("training_length", key) for key in keys]
+    mine = set(store.mine(ids))
+    for name, key, rid in zip(settings.targets, keys, ids, strict=True):
+        if rid not in mine:
             continue
         corpus = _corpus(settings, name, seed)
         start = time.perf_counter()
@@ -371,33 +388,42 @@ def training_length(settings: Settings, store: ResultsStore) -> None:
                 "wall_s": wall,
             }
         )
+    store.merge(ids)
 
 
 def ablations(settings: Settings, store: ResultsStore) -> None:
     d = settings.ablation_d_mlp
-    for name in settings.targets:
-        for seed in settings.seeds:
-            for attention, layernorm in ((False, False), (True, False), (False, True)):
-                key = dict(
-                    target=name, seed=seed, d_mlp=d, attention=attention, layernorm=layernorm
-                )
-                rid = row_id("ablations", key)
-                if store.done(rid):
-                    continue
-                model, _ = _train(
-                    settings, name, seed, d_mlp=d, attention=attention, layernorm=layernorm
-                )
-                curve = model.curve()
-                own = jaxfeat.Target(model.corpus.target.t, curve, normalize=True)
-                fit = jaxfeat.fit(own, k=d + 1, restarts=settings.fit_restarts, key=seed)
-                store.add(
-                    {
-                        "id": rid,
-                        **key,
-                        "class_gap_kl": float(fit.mean_kl),
-                        "trained_kl": mean_kl(model.corpus.target.probs, curve),
-                    }
-                )
+    keys = [
+        dict(target=name, seed=seed, d_mlp=d, attention=attention, layernorm=layernorm)
+        for name in settings.targets
+        for seed in settings.seeds
+        for attention, layernorm in ((False, False), (True, False), (False, True))
+    ]
+    ids = [row_id("ablations", key) for key in keys]
+    mine = set(store.mine(ids))
+    for key, rid in zip(keys, ids, strict=True):
+        if rid not in mine:
+            continue
+        model, _ = _train(
+            settings,
+            key["target"],
+            key["seed"],
+            d_mlp=d,
+            attention=key["attention"],
+            layernorm=key["layernorm"],
+        )
+        curve = model.curve()
+        own = jaxfeat.Target(model.corpus.target.t, curve, normalize=True)
+        fit = jaxfeat.fit(own, k=d + 1, restarts=settings.fit_restarts, key=key["seed"])
+        store.add(
+            {
+                "id": rid,
+                **key,
+                "class_gap_kl": float(fit.mean_kl),
+                "trained_kl": mean_kl(model.corpus.target.probs, curve),
+            }
+        )
+    store.merge(ids)
 
 
 def figure_name(settings: Settings, stem: str) -> str:
@@ -816,20 +842,38 @@ def summary(out: Path) -> str:
     return "\n".join(lines)
 
 
-def run_all(settings: Settings, out: Path, figures_dir: Path, *, fresh: bool = False) -> list[Path]:
-    """Runs the three sweeps into ``out`` (resuming rows already there unless ``fresh``) and
-    draws the figures into ``figures_dir``; returns the figure paths."""
+def run_all(
+    settings: Settings,
+    out: Path,
+    figures_dir: Path,
+    *,
+    fresh: bool = False,
+    processes: Processes | None = None,
+) -> list[Path]:
+    """Runs the sweeps into ``out`` (resuming rows already there unless ``fresh``) and draws the
+    figures into ``figures_dir``; returns the figure paths.
+
+    In a job of several processes each trains its share of the models (see
+    :func:`jaxfeat.experiments.sweeps.run_sweep`) and process 0 draws the figures.
+    """
+    procs = processes or Processes()
     config = dataclasses.asdict(settings)
-    if fresh:
+    if fresh and procs.index == 0:
         (Path(out) / EXAMPLE_RECORD).unlink(missing_ok=True)
     stores = {
-        name: ResultsStore(Path(out) / f"{name}.json", name, config=config, fresh=fresh)
+        name: ResultsStore(
+            Path(out) / f"{name}.json", name, config=config, fresh=fresh, processes=procs
+        )
         for name in SWEEPS
     }
-    neurons(settings, stores["neurons"])
-    families(settings, stores["families"])
-    ablations(settings, stores["ablations"])
-    training_length(settings, stores["training_length"])
+    # Each process trains and fits its own rows: no call may wait for the other processes.
+    with jaxfeat.distributed.local():
+        neurons(settings, stores["neurons"])
+        families(settings, stores["families"])
+        ablations(settings, stores["ablations"])
+        training_length(settings, stores["training_length"])
+    if procs.index != 0:
+        return []
     return figures(settings, Path(out), Path(figures_dir))
 
 

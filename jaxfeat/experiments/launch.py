@@ -1,0 +1,129 @@
+"""A job of several processes on this machine, for trying a multi-process run on one host.
+
+On a cluster the cluster manager starts the processes (``srun``, ``mpirun``); here
+:class:`LocalJob` does, each with ``--coordinator 127.0.0.1:PORT --num-processes N --process-id
+I`` appended to the same command, and waits for all of them, killing every process of the job if
+one fails or the time runs out, so that none is left waiting for a dead peer.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (the OS picks it).
+
+    Example:
+      >>> 0 < free_port() < 65536
+      True
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass(frozen=True)
+class Finished:
+    """One process's end: exit code (negative: killed by that signal) and output."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+class LocalJob:
+    """``n`` processes of one command on this machine, each told its place in the job.
+
+    Args:
+      command: the program and its arguments, e.g. ``["jaxfeat", "reproduce"]``; a first
+        element ``"python"`` means this interpreter.
+      n: number of processes (>= 1).
+      port: the coordinator's port on 127.0.0.1 (default: a free one).
+      env: extra environment variables (``JAX_PLATFORMS=cpu`` is set unless given).
+      cwd: working directory.
+
+    Attributes:
+      procs: the processes, in order of ``--process-id``. Their output goes to temporary files
+        (a pipe nobody reads would block a chatty process).
+
+    Example:
+      >>> job = LocalJob(["python", "-c", "import sys; print(sys.argv[-1])"], 2)
+      >>> [f.stdout.strip() for f in job.finish(timeout=60)]
+      ['0', '1']
+    """
+
+    def __init__(
+        self,
+        command: Sequence[str],
+        n: int,
+        *,
+        port: int | None = None,
+        env: Mapping[str, str] | None = None,
+        cwd: str | os.PathLike | None = None,
+    ) -> None:
+        if n < 1:
+            raise ValueError(f"n={n} must be >= 1.")
+        self.port = free_port() if port is None else port
+        cmd = [sys.executable if command[0] == "python" else command[0], *command[1:]]
+        full_env = {**os.environ, "JAX_PLATFORMS": "cpu", **(env or {})}
+        self._files = [
+            (tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")) for _ in range(n)
+        ]
+        self.procs = [
+            subprocess.Popen(
+                [
+                    *cmd,
+                    "--coordinator",
+                    f"127.0.0.1:{self.port}",
+                    "--num-processes",
+                    str(n),
+                    "--process-id",
+                    str(i),
+                ],
+                env=full_env,
+                cwd=cwd,
+                stdout=out,
+                stderr=err,
+                text=True,
+            )
+            for i, (out, err) in enumerate(self._files)
+        ]
+
+    def finish(self, timeout: float) -> list[Finished]:
+        """Waits for every process; on a failure or after ``timeout`` seconds kills all of them.
+
+        Returns:
+          One :class:`Finished` per process, in order.
+        """
+        deadline = time.monotonic() + timeout
+        while any(p.poll() is None for p in self.procs):
+            failed = any(p.poll() not in (None, 0) for p in self.procs)
+            if failed or time.monotonic() > deadline:
+                self.kill()
+                break
+            time.sleep(0.05)
+        return [
+            Finished(p.returncode, self._read(out), self._read(err))
+            for p, (out, err) in zip(self.procs, self._files, strict=True)
+        ]
+
+    def kill(self) -> None:
+        """Kills every process that is still running and waits for it."""
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+        for p in self.procs:
+            p.wait()
+
+    @staticmethod
+    def _read(f) -> str:
+        f.seek(0)
+        return f.read()
