@@ -87,7 +87,9 @@ def test_reproduce_runs_and_compares_the_toy_models(tmp_path, capsys, monkeypatc
     monkeypatch.setattr(cli.plots, "plot_all", lambda *a: [])
     calls = []
     monkeypatch.setattr(
-        cli.toy_models, "run_all", lambda settings, out, figs, **kw: calls.append((settings, out)) or []
+        cli.toy_models,
+        "run_all",
+        lambda settings, out, figs, **kw: calls.append((settings, out)) or [],
     )
     monkeypatch.setattr(cli.toy_models, "compare", lambda ref, run: f"compared {run}")
     assert _run(tmp_path, FakeCounter(), toy=True) == 0
