@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import jaxfeat.experiments.launch as launch
 import jaxfeat.experiments.plots as plots
 import jaxfeat.experiments.sweeps as sweeps
 
@@ -96,7 +97,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-plots", action="store_true", help="skip the figures")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    launch.add_distributed_arguments(parser)
     args = parser.parse_args(argv)
+    try:
+        procs = launch.start_distributed(args)
+    except ValueError as err:
+        parser.error(str(err))
 
     mode = "smoke" if args.smoke else "full" if args.full else "quick"
     settings = PRESETS[mode]
@@ -107,8 +113,17 @@ def main(argv: list[str] | None = None) -> int:
         out = args.out or REPO / "benchmarks" / "results" / f"feature_count_{mode}"
         figures_dir = args.figures or REPO / "figures"
     start = time.perf_counter()
-    sweeps.run_sweeps(out, settings, sweeps=args.sweeps, fresh=args.fresh, progress=not args.quiet)
+    sweeps.run_sweeps(
+        out,
+        settings,
+        sweeps=args.sweeps,
+        fresh=args.fresh,
+        progress=not args.quiet,
+        processes=procs,
+    )
     sweep_seconds = time.perf_counter() - start
+    if procs.index != 0:  # process 0 draws and reports
+        return 0
     figures = [] if args.no_plots else plots.plot_all(out, figures_dir)
     print(sweeps.summarize(out))
     print(f"\nresults: {out}")

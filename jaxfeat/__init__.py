@@ -17,6 +17,7 @@ from ._count import predicted_features as predicted_features
 from ._count import required_features as required_features
 from ._count import required_features_batch as required_features_batch
 from ._fit import FitResult as FitResult
+from ._fit import chunk_targets as chunk_targets
 from ._fit import fit as fit
 from ._fit import fit_batch as fit_batch
 from ._fit import fit_ks as fit_ks

@@ -403,9 +403,18 @@ def chunk_targets(
     k_max: int,
     itemsize: int,
     devices: Sequence[jax.Device],
-    solver: SolverSettings,
+    solver: SolverSettings | None = None,
 ) -> int:
     """Targets per chunk of a large :func:`fit_batch`: what fits the memory budget of each device.
+
+    Args:
+      restarts, T, V, k_max: the fit's restarts, grid points, vocabulary and feature slots.
+      itemsize: bytes per number (4 for float32).
+      devices: the devices the targets are split over.
+      solver: the engine's constants (default settings if ``None``).
+
+    Returns:
+      Targets per chunk, a multiple of the device count.
 
     A member's largest live arrays are a few (T, (k + 1) V) intermediates; four of them per
     restart is a safe ceiling for every method (the optax path holds them for every member at
@@ -415,9 +424,10 @@ def chunk_targets(
 
     Example:
       >>> import jax, jaxfeat
-      >>> chunk_targets(16, 256, 3, 8, 4, jax.devices("cpu")[:1], jaxfeat.SolverSettings())
+      >>> chunk_targets(16, 256, 3, 8, 4, jax.devices("cpu")[:1])  # 1 GiB / 1.7 MB
       606
     """
+    solver = SolverSettings() if solver is None else solver
     per_target = 4 * restarts * T * (k_max + 1) * V * itemsize
     budget = solver.chunk_bytes
     if devices and devices[0].platform != "cpu":

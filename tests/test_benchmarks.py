@@ -10,6 +10,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import re
+import subprocess
 from pathlib import Path
 from types import ModuleType
 
@@ -460,3 +462,48 @@ def test_toy_models_script_runs_the_experiment_sweeps(monkeypatch):
     monkeypatch.setattr(script, "run", lambda argv, repo: calls.append((argv, repo)) or repo)
     assert script.main(["--smoke"]) == ROOT
     assert calls == [(["--smoke"], ROOT)]
+
+
+scaling = _load("scaling")
+
+
+def test_scaling_smoke_into_an_existing_results_file(tmp_path):
+    # What benchmarks/gpu_check.sh runs after the throughput sections, on tiny sizes; the
+    # processes section's job machinery is tested in tests/test_distributed.py.
+    out = tmp_path / "throughput_gpu.json"
+    out.write_text(json.dumps({"environment": {"kept": True}}))
+    sections = "lanes,fits_per_minute,large_vocab,memory"
+    assert scaling.main(["--smoke", "--sections", sections, "--into", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["environment"] == {"kept": True}
+    s = doc["scaling"]
+    assert s["environment"]["process_count"] == 1 and s["mode"] == "smoke"
+    lanes = s["lanes"]
+    assert lanes["best"] in [r[lanes["field"]] for r in lanes["rows"]]
+    assert all(r["fits_per_minute"] > 0 for r in lanes["rows"])
+    fpm = s["fits_per_minute"]
+    assert fpm["fits_per_minute"] > 0 and fpm["batch"] == 8
+    lv = s["large_vocab"]
+    assert lv["fit"]["V"] == 200 and lv["warm_s"] > 0
+    assert lv["speedup_over_cpu"] is None  # no committed CPU point at V = 200
+    rows = s["memory"]["rows"]
+    assert [r["targets"] for r in rows] == [8, 64]
+    # 64 targets over a budget of a few targets: several chunks of one compiled shape.
+    assert rows[1]["chunks"] > 1 and rows[1]["chunk_targets"] < 64
+    assert all(r["peak_rss_bytes"] > r["input_bytes"] for r in rows)
+
+
+def test_gpu_check_script_names_what_exists():
+    # The script's sections, test nodes and options must exist, so that a GPU run does not fail
+    # on a typo after minutes of work.
+    text = (BENCHMARKS / "gpu_check.sh").read_text()
+    for node in re.findall(r"(tests/\S+\.py)(?:::(\w+))?", text):
+        path, name = ROOT / node[0], node[1]
+        assert path.exists(), node
+        assert not name or f"def {name}(" in path.read_text(), node
+    sections = re.search(r"throughput\.py .*--sections (\S+)", text).group(1).split(",")
+    assert set(sections) <= set(throughput.SECTIONS)
+    sections = re.search(r"scaling\.py .*--sections (\S+)", text).group(1).split(",")
+    assert set(sections) <= set(scaling.SECTIONS)
+    out = subprocess.run(["bash", "-n", str(BENCHMARKS / "gpu_check.sh")], capture_output=True)
+    assert out.returncode == 0, out.stderr

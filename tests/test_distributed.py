@@ -20,10 +20,9 @@ import pytest
 
 import jaxfeat
 from jaxfeat import targets
-from jaxfeat.experiments import cli
+from jaxfeat.experiments import launch
 from jaxfeat.experiments import store as _store
 from jaxfeat.experiments import sweeps as ex
-from jaxfeat.experiments.launch import LocalJob
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 240  # seconds for a whole job, compilation included
@@ -31,17 +30,17 @@ TIMEOUT = 240  # seconds for a whole job, compilation included
 # Every worker joins the job from the command line LocalJob gives it.
 _JOIN = textwrap.dedent("""
     import argparse, sys
-    from jaxfeat.experiments import cli
+    from jaxfeat.experiments import launch
     _parser = argparse.ArgumentParser()
     _parser.add_argument("out")
-    cli.add_distributed_arguments(_parser)
+    launch.add_distributed_arguments(_parser)
     ARGS = _parser.parse_args()
-    PROCS = cli.start_distributed(ARGS)
+    PROCS = launch.start_distributed(ARGS)
 """)
 
 
 def _run(code: str, out: Path, n: int = 2) -> list:
-    job = LocalJob(["python", "-c", _JOIN + textwrap.dedent(code), str(out)], n, cwd=ROOT)
+    job = launch.LocalJob(["python", "-c", _JOIN + textwrap.dedent(code), str(out)], n, cwd=ROOT)
     done = job.finish(TIMEOUT)
     for i, f in enumerate(done):
         assert f.returncode == 0, f"process {i} failed:\n{f.stderr[-3000:]}"
@@ -174,7 +173,7 @@ def test_sweep_over_two_processes_matches_one_process(tmp_path):
 
 def test_a_killed_job_resumes_without_losing_finished_rows(tmp_path):
     out = tmp_path / "run"
-    job = LocalJob(
+    job = launch.LocalJob(
         ["python", "-c", _JOIN + textwrap.dedent(_SWEEP), str(out)],
         2,
         cwd=ROOT,
@@ -235,6 +234,6 @@ def test_processes_split_rows_without_overlap(tmp_path):
 )
 def test_bad_job_options_name_the_fix(argv, match):
     parser = argparse.ArgumentParser()
-    cli.add_distributed_arguments(parser)
+    launch.add_distributed_arguments(parser)
     with pytest.raises(ValueError, match=match):
-        cli.start_distributed(parser.parse_args(argv))
+        launch.start_distributed(parser.parse_args(argv))

@@ -10,9 +10,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from jaxfeat.distributed import initialize, launched_processes
-
 from . import commands, plots, sweeps, toy_models
+from .launch import add_distributed_arguments, start_distributed
 from .store import Processes, atomic_write_json, discard
 
 # Where `jaxfeat reproduce` looks for the committed reference results, and where it computes.
@@ -201,47 +200,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             processes=procs,
         )
     return args.func(args)
-
-
-def add_distributed_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options that join a multi-process job (see :func:`start_distributed`)."""
-    group = parser.add_argument_group(
-        "many processes (jax.distributed; none needed under srun or mpirun)"
-    )
-    group.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0")
-    group.add_argument("--num-processes", type=int, metavar="N", help="processes in the job")
-    group.add_argument("--process-id", type=int, metavar="I", help="this process, 0 to N - 1")
-    group.add_argument(
-        "--distributed",
-        action="store_true",
-        help="join a job that jax.distributed.initialize() finds by itself (e.g. a TPU slice)",
-    )
-
-
-def start_distributed(args: argparse.Namespace) -> Processes:
-    """Joins the job the options of :func:`add_distributed_arguments` describe, if any.
-
-    With ``--coordinator``, ``--num-processes`` and ``--process-id`` (all three), or
-    ``--distributed``, or under a cluster manager's launcher that started several processes
-    (:func:`jaxfeat.distributed.launched_processes`), this calls
-    :func:`jaxfeat.distributed.initialize`; otherwise the job is this one process.
-
-    Returns:
-      This process of the job.
-
-    Raises:
-      ValueError: for a partial set of the three options.
-
-    Example:
-      >>> parser = argparse.ArgumentParser()
-      >>> add_distributed_arguments(parser)
-      >>> start_distributed(parser.parse_args([]))
-      Processes(index=0, count=1)
-    """
-    given = (args.coordinator, args.num_processes, args.process_id)
-    if any(x is not None for x in given) or args.distributed or launched_processes() > 1:
-        initialize(*given)
-    return Processes.from_jax()
 
 
 if __name__ == "__main__":

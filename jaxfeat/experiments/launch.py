@@ -1,13 +1,17 @@
-"""A job of several processes on this machine, for trying a multi-process run on one host.
+"""Jobs of several processes: joining one from the command line, and starting one here.
 
-On a cluster the cluster manager starts the processes (``srun``, ``mpirun``); here
-:class:`LocalJob` does, each with ``--coordinator 127.0.0.1:PORT --num-processes N --process-id
-I`` appended to the same command, and waits for all of them, killing every process of the job if
-one fails or the time runs out, so that none is left waiting for a dead peer.
+:func:`add_distributed_arguments` and :func:`start_distributed` give a script the options
+``--coordinator HOST:PORT --num-processes N --process-id I`` (or none, under ``srun`` or
+``mpirun``) and join the job they describe. On a cluster the cluster manager starts the
+processes; on one machine :class:`LocalJob` does, each with ``--coordinator 127.0.0.1:PORT
+--num-processes N --process-id I`` appended to the same command, and waits for all of them,
+killing every process of the job if one fails or the time runs out, so that none is left waiting
+for a dead peer.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import socket
 import subprocess
@@ -16,6 +20,10 @@ import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+
+from jaxfeat.distributed import initialize, launched_processes
+
+from .store import Processes
 
 
 def free_port() -> int:
@@ -127,3 +135,44 @@ class LocalJob:
     def _read(f) -> str:
         f.seek(0)
         return f.read()
+
+
+def add_distributed_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that join a multi-process job (see :func:`start_distributed`)."""
+    group = parser.add_argument_group(
+        "many processes (jax.distributed; none needed under srun or mpirun)"
+    )
+    group.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0")
+    group.add_argument("--num-processes", type=int, metavar="N", help="processes in the job")
+    group.add_argument("--process-id", type=int, metavar="I", help="this process, 0 to N - 1")
+    group.add_argument(
+        "--distributed",
+        action="store_true",
+        help="join a job that jax.distributed.initialize() finds by itself (e.g. a TPU slice)",
+    )
+
+
+def start_distributed(args: argparse.Namespace) -> Processes:
+    """Joins the job the options of :func:`add_distributed_arguments` describe, if any.
+
+    With ``--coordinator``, ``--num-processes`` and ``--process-id`` (all three), or
+    ``--distributed``, or under a cluster manager's launcher that started several processes
+    (:func:`jaxfeat.distributed.launched_processes`), this calls
+    :func:`jaxfeat.distributed.initialize`; otherwise the job is this one process.
+
+    Returns:
+      This process of the job.
+
+    Raises:
+      ValueError: for a partial set of the three options.
+
+    Example:
+      >>> parser = argparse.ArgumentParser()
+      >>> add_distributed_arguments(parser)
+      >>> start_distributed(parser.parse_args([]))
+      Processes(index=0, count=1)
+    """
+    given = (args.coordinator, args.num_processes, args.process_id)
+    if any(x is not None for x in given) or args.distributed or launched_processes() > 1:
+        initialize(*given)
+    return Processes.from_jax()

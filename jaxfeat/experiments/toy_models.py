@@ -43,6 +43,7 @@ import jaxfeat
 import jaxfeat.sae as js
 from jaxfeat import targets, toy
 
+from .launch import add_distributed_arguments, start_distributed
 from .plots import save
 from .store import Processes, ResultsStore, atomic_write_json, load, row_id
 
@@ -923,15 +924,19 @@ def main(argv: list[str] | None = None, repo: Path | None = None) -> Path:
     parser.add_argument("--out", type=Path)
     parser.add_argument("--figures", type=Path)
     parser.add_argument("--fresh", action="store_true", help="discard earlier results")
+    add_distributed_arguments(parser)
     args = parser.parse_args(argv)
+    procs = start_distributed(args)
     settings = FULL if args.full else SMOKE if args.smoke else QUICK
     scratch = Path(tempfile.mkdtemp()) if args.smoke else None
     repo = repo or Path.cwd()
     out = args.out or (scratch or repo / "benchmarks" / "results") / f"toy_models_{settings.mode}"
     figures_dir = args.figures or (scratch / "figures" if scratch else repo / "figures")
     start = time.perf_counter()
-    for path in run_all(settings, out, figures_dir, fresh=args.fresh):
+    for path in run_all(settings, out, figures_dir, fresh=args.fresh, processes=procs):
         print(f"figure {path}", file=sys.stderr)
+    if procs.index != 0:  # process 0 reports
+        return out
     membership(settings, out)
     print(summary(out))
     print(f"done in {time.perf_counter() - start:.0f} s; results in {out}", file=sys.stderr)
