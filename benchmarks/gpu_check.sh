@@ -40,7 +40,7 @@ data = json.loads(open(path).read())
 data["gpu_check"] = {"device": device, "wall_s": seconds, "goal_wall_s": 300}
 atomic_write_json(path, data)
 s = data["scaling"]
-print(f"gpu_check: {device}, {seconds:.0f} s")
+print(f"gpu_check ({s['mode']} sizes): {device}, {seconds:.0f} s")
 print(f"  fits per minute: {s['fits_per_minute']['fits_per_minute']:.0f} (goal 1e5 on H100/H200)")
 print(f"  V = 10,000 speed-up over the 2-core CPU: {s['large_vocab']['speedup_over_cpu']}")
 print(f"  best lanes: {s['lanes']['field']} = {s['lanes']['best']}")

@@ -928,6 +928,8 @@ def main(argv: list[str] | None = None, repo: Path | None = None) -> Path:
     args = parser.parse_args(argv)
     procs = start_distributed(args)
     settings = FULL if args.full else SMOKE if args.smoke else QUICK
+    if args.smoke and procs.count > 1 and not (args.out and args.figures):
+        parser.error("a job of several processes needs --out and --figures: one shared place.")
     scratch = Path(tempfile.mkdtemp()) if args.smoke else None
     repo = repo or Path.cwd()
     out = args.out or (scratch or repo / "benchmarks" / "results") / f"toy_models_{settings.mode}"
