@@ -185,27 +185,23 @@ def _vm_hwm() -> int | None:
 # Sections
 
 
+def _worker(
+    kind: str, cfg: dict, result: Path, n: int, *extra: str, timeout: float, **options: Any
+) -> dict:
+    """Runs a worker of this script as a job of n local processes; returns its result file."""
+    argv = ["python", str(HERE), "--worker", kind, "--config", json.dumps(cfg)]
+    job = launch.LocalJob([*argv, "--result", str(result), *extra], n, **options)
+    done = job.finish(timeout=timeout)
+    if any(f.returncode != 0 for f in done):
+        raise RuntimeError(f"{kind} worker ({n} processes) failed:\n{done[0].stderr[-3000:]}")
+    return json.loads(result.read_text())
+
+
 def section_processes(cfg: dict, tmp: Path) -> dict[str, Any]:
     runs, reference = [], None
     for n in cfg["processes"]:
         result = tmp / f"processes_{n}.json"
-        job = launch.LocalJob(
-            [
-                "python",
-                str(HERE),
-                "--worker",
-                "processes",
-                "--config",
-                json.dumps(cfg),
-                "--result",
-                str(result),
-            ],
-            n,
-        )
-        done = job.finish(timeout=1800)
-        if any(f.returncode != 0 for f in done):
-            raise RuntimeError(f"{n} processes failed:\n{done[0].stderr[-3000:]}")
-        row = json.loads(result.read_text())
+        row = _worker("processes", cfg, result, n, timeout=1800)
         losses = np.load(result.with_suffix(".npy"))
         reference = losses if reference is None else reference
         row["same_losses_as_one_process"] = bool(np.array_equal(losses, reference))
@@ -229,26 +225,17 @@ def section_memory(cfg: dict, tmp: Path) -> dict[str, Any]:
     rows = []
     for n in cfg["memory_batches"]:
         result = tmp / f"memory_{n}.json"
-        job = launch.LocalJob(
-            [
-                "python",
-                str(HERE),
-                "--worker",
-                "memory",
-                "--batch",
-                str(n),
-                "--config",
-                json.dumps(cfg),
-                "--result",
-                str(result),
-            ],
+        # A fresh process per size: its resident high-water mark is this call's own.
+        row = _worker(
+            "memory",
+            cfg,
+            result,
             1,
+            "--batch",
+            str(n),
+            timeout=3600,
             env={"JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "")},
         )
-        done = job.finish(timeout=3600)
-        if done[0].returncode != 0:
-            raise RuntimeError(f"batch {n} failed:\n{done[0].stderr[-3000:]}")
-        row = json.loads(result.read_text())
         rows.append(row)
         log(f"memory: {n} targets, peak RSS {row['peak_rss_bytes'] / 2**20:.0f} MiB")
     for row in rows:

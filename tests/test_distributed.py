@@ -222,6 +222,10 @@ def test_processes_split_rows_without_overlap(tmp_path):
     shares = [s.mine(ids) for s in stores]
     assert sorted(i for share in shares for i in share) == sorted(ids)
     assert [len(s) for s in shares] == [3, 2, 2]
+    # Rows that share one call (a target's seed fits) stay together.
+    groups = ["a", "a", "b", "c", "c", "c", "d"]
+    shares = [s.mine(ids, groups) for s in stores]
+    assert shares == [ids[:2] + ids[6:], ids[2:3], ids[3:6]]
 
 
 @pytest.mark.parametrize(

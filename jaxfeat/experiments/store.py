@@ -357,12 +357,17 @@ class ResultsStore:
         """Whether a row with this id is already stored (by any process)."""
         return row_id in self._rows
 
-    def mine(self, ids: Sequence[str]) -> list[str]:
+    def mine(self, ids: Sequence[str], groups: Sequence[Any] | None = None) -> list[str]:
         """The ids of ``ids`` this process computes: every ``count``-th from its ``index``, less
         those already stored.
 
         The split depends on the order of ``ids`` only, not on what is stored, so every process
         agrees on it at any point of a resumed job, and no row is computed by two processes.
+
+        Args:
+          ids: every row id of the sweep, in its order.
+          groups: optional label per id; rows of one label (computed in one call, whose numbers
+            depend on which rows share it) go to one process, every ``count``-th label.
 
         Example:
           >>> import tempfile, pathlib
@@ -376,7 +381,15 @@ class ResultsStore:
           ['b']
         """
         n, i = self.processes.count, self.processes.index
-        return [rid for j, rid in enumerate(ids) if j % n == i and rid not in self._rows]
+        labels = list(range(len(ids))) if groups is None else list(groups)
+        rank: dict[Any, int] = {}
+        for label in labels:
+            rank.setdefault(label, len(rank))
+        return [
+            rid
+            for rid, label in zip(ids, labels, strict=True)
+            if rank[label] % n == i and rid not in self._rows
+        ]
 
     def __contains__(self, row_id: object) -> bool:
         return row_id in self._rows

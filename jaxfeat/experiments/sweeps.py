@@ -487,7 +487,8 @@ def run_sweep(
 
     In a job of several processes (``processes``, e.g. ``Processes.from_jax()`` after
     :func:`jaxfeat.distributed.initialize`), every process runs this with the same arguments and
-    computes every n-th row on its own devices (:meth:`ResultsStore.mine`); the rows are merged
+    computes every n-th row (one target's seed fits together, as they share one call) on its
+    own devices (:meth:`ResultsStore.mine`); the rows are merged
     into the one file at the end. A row's numbers do not depend on which process computed it
     (rows are fitted one per call, ``Settings.batch`` = 1 in the presets).
 
@@ -518,7 +519,9 @@ def run_sweep(
         fresh=fresh,
         processes=procs,
     )
-    mine = set(store.mine(order))
+    # One target's seed fits share one fit_ks call (their keys depend on it): one process.
+    groups = [job.target if job.k is not None else job.id for job in todo_all]
+    mine = set(store.mine(order, groups))
     todo = [job for job in todo_all if job.id in mine]
     if not todo:
         store.merge(order)
@@ -526,10 +529,10 @@ def run_sweep(
     if counter is None and any(j.k is None and j.activation != UNCONSTRAINED for j in todo):
         counter = _default_counter()
     built = {job.id: make_target(job.spec) for job in todo}
-    share = order[procs.index :: procs.count]
+    finished = sum(store.done(job.id) for job in todo_all) if procs.count == 1 else 0
     bar = tqdm(
-        total=len(share),
-        initial=len(share) - len(todo),
+        total=len(todo) + finished,
+        initial=finished,
         desc=f"{sweep} ({s.mode})"
         + (f" process {procs.index}/{procs.count}" if procs.count > 1 else ""),
         unit="row",
