@@ -348,8 +348,7 @@ def required_features_batch(
         and V <= AUTO_BUCKET_VOCAB
         and T <= AUTO_SUBGRID
     ):
-        mine = range(*distributed.share(n)[:2]) if spread else range(n)
-        for i in mine:
+        for i in range(*distributed.share(n)[:2]) if spread else range(n):
             while found[i] is not None and lower[i] < found[i]:
                 K = lower[i]
                 if bounds[i][K - 1] < _CONTINUITY_REACH * tol:
@@ -367,9 +366,7 @@ def required_features_batch(
                     break
                 lower[i] = K + 1
         if spread:
-            start, stop, size = distributed.share(n)
-            pad = [stop - 1 if stop > start else n - 1] * (size - (stop - start))
-            rows = list(range(start, stop)) + pad
+            rows = distributed.share_rows(n)
             every = distributed.gather(
                 (np.array([lower[i] for i in rows]), np.stack([bounds[i] for i in rows])), n
             )
@@ -400,9 +397,7 @@ def _segmentations(
     if not spread:
         segs = [segmentation_lower_bound(tgt, k_max, activation) for tgt in targets]
         return [s.bounds for s in segs], [s.knots for s in segs], [s.directions for s in segs]
-    start, stop, size = distributed.share(n)
-    rows = list(range(start, stop)) or [n - 1]
-    rows += [rows[-1]] * (size - len(rows))
+    rows = distributed.share_rows(n)
     # knots[k - 1] holds k values: the k-th row of a (k_max, k_max) triangle, NaN above it.
     packed = []
     for i in rows:

@@ -171,6 +171,20 @@ def share(n: int) -> tuple[int, int, int]:
     return start, min(n, start + size), size
 
 
+def share_rows(n: int) -> list[int]:
+    """This process's share of ``range(n)`` (:func:`share`) as row indices, padded to the common
+    size by repeating its last row (an empty share repeats row ``n - 1``), ready for
+    :func:`gather`.
+
+    Example:
+      >>> share_rows(3)  # one process
+      [0, 1, 2]
+    """
+    start, stop, size = share(n)
+    rows = list(range(start, stop)) or [n - 1]
+    return rows + [rows[-1]] * (size - len(rows))
+
+
 def gather(tree: Any, n: int) -> Any:
     """Concatenates every process's share of a pytree of arrays, in process order.
 
