@@ -106,8 +106,8 @@ def main(argv: list[str] | None = None) -> int:
 
     mode = "smoke" if args.smoke else "full" if args.full else "quick"
     settings = PRESETS[mode]
-    if mode == "smoke" and procs.count > 1 and not (args.out and args.figures):
-        parser.error("a job of several processes needs --out and --figures: one shared place.")
+    if mode == "smoke":
+        launch.require_shared_paths(parser, procs, args.out, args.figures)
     if mode == "smoke":
         out = args.out or Path(tempfile.mkdtemp(prefix="jaxfeat_feature_count_smoke_"))
         figures_dir = args.figures or Path(tempfile.mkdtemp(prefix="jaxfeat_figures_smoke_"))

@@ -152,6 +152,20 @@ def add_distributed_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def require_shared_paths(
+    parser: argparse.ArgumentParser, procs: Processes, out: object, figures: object
+) -> None:
+    """Stops with a usage error in a job of several processes unless ``--out`` and ``--figures``
+    are given: each process would otherwise make its own temporary directories, and the job's
+    rows and figures would be split between them.
+
+    Example:
+      >>> require_shared_paths(argparse.ArgumentParser(), Processes(0, 1), None, None)  # one
+    """
+    if procs.count > 1 and not (out and figures):
+        parser.error("a job of several processes needs --out and --figures: one shared place.")
+
+
 def start_distributed(args: argparse.Namespace) -> Processes:
     """Joins the job the options of :func:`add_distributed_arguments` describe, if any.
 

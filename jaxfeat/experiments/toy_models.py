@@ -43,7 +43,7 @@ import jaxfeat
 import jaxfeat.sae as js
 from jaxfeat import targets, toy
 
-from .launch import add_distributed_arguments, start_distributed
+from .launch import add_distributed_arguments, require_shared_paths, start_distributed
 from .plots import save
 from .store import Processes, ResultsStore, atomic_write_json, load, row_id
 
@@ -928,8 +928,8 @@ def main(argv: list[str] | None = None, repo: Path | None = None) -> Path:
     args = parser.parse_args(argv)
     procs = start_distributed(args)
     settings = FULL if args.full else SMOKE if args.smoke else QUICK
-    if args.smoke and procs.count > 1 and not (args.out and args.figures):
-        parser.error("a job of several processes needs --out and --figures: one shared place.")
+    if args.smoke:
+        require_shared_paths(parser, procs, args.out, args.figures)
     scratch = Path(tempfile.mkdtemp()) if args.smoke else None
     repo = repo or Path.cwd()
     out = args.out or (scratch or repo / "benchmarks" / "results") / f"toy_models_{settings.mode}"
