@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import itertools
 import time
 from collections.abc import Sequence
 
@@ -664,18 +663,18 @@ def segmentation_lower_bound(
 
 
 # ---------------------------------------------------------------------------------------------
-# Continuity at the knots: the segmentation bound with a Lagrangian on the joins
+# Continuity at the knots: the segmentation bound with a Lagrangian on each join
 
-# Certified cost of a block whose linear term makes it unbounded, or whose certificate failed.
-_UNBOUNDED = -np.inf
-# The ascent halves its step after this many steps without a better bound, and stops once the
-# step is below _MIN_STEP of Polyak's.
-_PATIENCE = 4
-# Newton steps per block and multiplier: each starts from the block's solution at the previous
-# multipliers, and an unconverged block is still certified (by its dual point), a little lower.
+# Newton steps per priced block: each starts from the block's plain solution, and an unconverged
+# block is still certified (by its dual point), a little lower.
 _LAGRANGE_NEWTON = 8
-_MIN_STEP = 1e-4
-_RETRIES = 4
+# Blocks of fewer points carry no multiplier terms: a short block's affine map extrapolated
+# across a gap moves a lot with its few logits, so a priced join beside it is unbounded below for
+# all but tiny multipliers (a single point's slope is free: always unbounded).
+_PRICED = 4
+# Multiples of each join's quadratic-model multiplier that are tried; the one with the best pair
+# value is kept (none: the join is left unpriced).
+_SCALES = (1.0, 0.75, 0.5)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -688,223 +687,128 @@ class ContinuityBound:
         grid; at least ``plain``.
       plain: the segmentation bound ``LB(k)`` (:func:`segmentation_lower_bound`), the same
         relaxation without the joins.
-      cap: the bound is ``min(cap, Lagrangian bound)``: blocks whose own certified cost exceeds
-        ``cap`` (nats, as a mean over the grid) were left out of the search, which is valid up to
-        that level (the cap is above the tolerance asked about).
-      iterations: supergradient steps taken.
-      blocks: blocks of grid points kept (out of T (T + 1) / 2).
+      joins: pairs of adjacent blocks whose join carries a multiplier (the rest are unpriced).
+      triples: blocks between two priced joins whose cost was solved with both multipliers at
+        once (the rest use the sum of two half-weighted one-sided costs, a weaker bound).
       seconds: wall-clock time.
     """
 
     k: int
     bound: float
     plain: float
-    cap: float
-    iterations: int
-    blocks: int
+    joins: int
+    triples: int
     seconds: float
 
 
-def _centred(g: np.ndarray, support: np.ndarray) -> np.ndarray:
-    """(T - 1, V) multipliers moved onto the supported tokens of each gap, summing to zero there.
-
-    A multiplier with a non-zero sum over tokens would make every block it touches unbounded
-    along the constant shift of all logits.
-    """
-    n = support.sum(axis=1, keepdims=True)
-    mean = np.sum(g * support, axis=1, keepdims=True) / np.maximum(n, 1)
-    return np.where(support & (n > 1), g - mean, 0.0)
-
-
-def _gap_end(t: np.ndarray, g: np.ndarray, end: np.ndarray) -> np.ndarray:
-    """t at the left (end 0) or right (end 1) end of gap g, between t_g and t_g+1."""
-    return t[np.clip(g + np.maximum(end, 0), 0, t.size - 1)]
-
-
-class _Joins:
-    """Block costs with the multipliers of the joins, for every kept block and variant.
-
-    A variant is (start, end): whether the block's first point follows a join (a gap holding one
-    knot, where the two blocks' affine maps meet) and whether its last point precedes one. A
-    join at gap g (between t_g and t_g+1) with multiplier mu_g adds ``mu_g . A(tau)`` to the
-    block on its left and ``-mu_g . B(tau)`` to the one on its right; each side may put tau at
-    either end of the gap (a relaxation of the one shared knot), so a side's cost is the least of
-    two convex problems.
-    """
-
-    def __init__(self, t, p, a, b, plain, theta):
-        self.t, self.p, self.a, self.b = t, p, a, b
-        self.plain = plain  # (n,) certified plain costs
-        T = p.shape[0]
-        self.n = a.size
-        L = b - a + 1
-        rows = []  # (block, variant, start choice, end choice)
-        for v, (s_on, e_on) in enumerate(((0, 1), (1, 0), (1, 1)), start=1):
-            ok = ((a >= 1) | (not s_on)) & ((b <= T - 2) | (not e_on)) & (L >= _PRICED)
-            idx = np.nonzero(ok)[0]
-            for cs in (0, 1) if s_on else (-1,):
-                for ce in (0, 1) if e_on else (-1,):
-                    rows.append(np.stack(np.broadcast_arrays(idx, v, cs, ce), axis=1))
-        self.rows = np.concatenate(rows)
-        blk = self.rows[:, 0]
-        cs, ce = self.rows[:, 2], self.rows[:, 3]
-        # the knot positions each row puts on its sides (NaN where the side has no join)
-        self.tau_s = np.where(cs >= 0, _gap_end(t, a[blk] - 1, cs), np.nan)
-        self.tau_e = np.where(ce >= 0, _gap_end(t, b[blk], ce), np.nan)
-        self.L = L[blk]
-        self.warm = theta[blk]  # (rows, 2, V) in units of t: each row's latest solution
-        self.P = max(8, pow2(int(self.L.max(initial=_PRICED))))
-
-    def solve(self, mu: np.ndarray):
-        """Certified costs (n, 4) of each block's variants (0: plain) at multipliers ``mu``, and
-        the row that attains each (the knot positions chosen); -1 where a variant is absent."""
-        t, p, a, b = self.t, self.p, self.a, self.b
-        rows, blk = self.rows, self.rows[:, 0]
-        T, V = p.shape
-        has_s, has_e = ~np.isnan(self.tau_s), ~np.isnan(self.tau_e)
-        ms = np.where(has_s[:, None], mu[np.clip(a[blk] - 1, 0, T - 2)], 0.0)
-        me = np.where(has_e[:, None], mu[np.clip(b[blk], 0, T - 2)], 0.0)
-        ts, te = np.nan_to_num(self.tau_s), np.nan_to_num(self.tau_e)
-        c_a = me - ms
-        c_b = me * te[:, None] - ms * ts[:, None]
-        n_rows = rows.shape[0]
-        cost = np.full(n_rows, _UNBOUNDED)
-        theta = self.warm.copy()
-        if n_rows:  # every priced block has _PRICED >= 3 points: all go to the kernel
-            P = self.P
-            n_chunk = min(max(1, _CHUNK_SIZE // (P * max(V, 8))), pow2(n_rows))
-            with x64():
-                for lo in range(0, n_rows, n_chunk):
-                    part = np.arange(lo, min(lo + n_chunk, n_rows))
-                    fill = n_chunk - part.size
-                    part_p = np.concatenate([part, np.full(fill, part[0])])
-                    i0, L = a[blk[part_p]], self.L[part_p]
-                    j0 = i0 + L - 1
-                    idx = np.minimum(i0[:, None] + np.arange(P), T - 1)
-                    mask = np.arange(P) < L[:, None]
-                    mid, half = (t[i0] + t[j0]) / 2, (t[j0] - t[i0]) / 2
-                    x = np.where(mask, (t[idx] - mid[:, None]) / half[:, None], 0.0)
-                    th = self.warm[part_p]
-                    init = np.stack(
-                        [th[:, 0] + th[:, 1] * mid[:, None], th[:, 1] * half[:, None]], axis=1
-                    )
-                    ca, cb = c_a[part_p], c_b[part_p]
-                    lin = np.stack([ca, (cb - ca * mid[:, None]) / half[:, None]], axis=1)
-                    f, d, th_b, _ = _block_kernel(
-                        jnp.asarray(x),
-                        jnp.asarray(p[idx].transpose(0, 2, 1)),
-                        jnp.asarray(mask),
-                        jnp.asarray(init),
-                        jnp.asarray(np.ones(n_chunk, bool)),
-                        jnp.asarray(lin),
-                        max_iter=_LAGRANGE_NEWTON,
-                    )
-                    k = part.size
-                    f, d, th_b = np.asarray(f)[:k], np.asarray(d)[:k], np.asarray(th_b)[:k]
-                    beta = th_b[:, 1] / half[:k, None]
-                    theta[part, 0], theta[part, 1] = th_b[:, 0] - beta * mid[:k, None], beta
-                    cert = np.minimum(d - _ROUNDING * L[:k], np.where(np.isfinite(f), f, np.inf))
-                    cost[part] = np.where(np.isfinite(d), cert, _UNBOUNDED)
-        good = np.isfinite(theta).all(axis=(1, 2))
-        self.warm[good] = theta[good]
-        # Per block and variant: the least cost over the knot positions, and that row; a variant
-        # with no rows (a join at the grid's end, or beside a short block) is absent.
-        costs = np.full((self.n, 4), np.inf)
-        costs[:, 0] = self.plain
-        pick = np.full((self.n, 4), -1)
-        order = np.lexsort((cost, rows[:, 1], blk))  # by block, variant, then cost
-        first = np.ones(order.size, bool)
-        key_bv = blk[order] * 4 + rows[order, 1]
-        first[1:] = key_bv[1:] != key_bv[:-1]
-        o = order[first]
-        # -inf sorts first; a variant with any unbounded choice is unbounded
-        costs[blk[o], rows[o, 1]] = cost[o]
-        pick[blk[o], rows[o, 1]] = o
-        self.theta = theta
-        return costs, pick
-
-    def value(self, r: int, side: str) -> np.ndarray:
-        """The block map of row r at its knot on one side, centred over tokens."""
-        tau = self.tau_s[r] if side == "s" else self.tau_e[r]
-        z = self.theta[r, 0] + self.theta[r, 1] * tau
-        return z - z.mean()
-
-
-# Break types between blocks: a free break (two knots in one gap), a join (one knot, with the
-# multiplier terms), and a join left unpriced next to a short block (fewer than _PRICED points):
-# a short block's affine map extrapolated across a gap moves a lot with its few logits, so a
-# priced join beside it is unbounded below for all but tiny multipliers (a single point's slope
-# is free: always unbounded). An unpriced join is still a valid relaxation; beside a short block
-# it saves no knot over a free break in the blocks it replaces.
-_FREE, _JOIN, _AFTER_SHORT, _BEFORE_SHORT = 0, 1, 2, 3
-_PRICED = 4
-_KNOTS = {_FREE: 2, _JOIN: 1, _AFTER_SHORT: 1, _BEFORE_SHORT: 1}
-
-
-def _add(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """x + y where an unreachable state (+inf) stays unreachable beside an unbounded cost."""
-    with np.errstate(invalid="ignore"):
-        return np.where((x == np.inf) | (y == np.inf), np.inf, x + y)
-
-
-def _joined_partitions(C: dict, T: int, k: int):
-    """Least total cost over partitions of 0..T-1 whose breaks use at most k knots.
+def _priced_blocks(t, p, a, b, lin, warm) -> np.ndarray:
+    """Certified minima over (alpha, beta) of ``cost(a..b) + lin[0] . alpha + lin[1] . beta``.
 
     Args:
-      C: ``C[(s, e)]`` (T, T) costs of block i..j with (s) or without a priced join before it
-        and (e) or without one after it; inf for blocks left out.
-      T: grid points.
-      k: knots available (a free break costs two, every join one).
+      t: (T,) grid; p: (T, V) target.
+      a, b: (n,) first and last point of each block (at least 3 points).
+      lin: (n, 2, V) linear coefficients of (alpha, beta) in units of t, summing to 0 over tokens.
+      warm: (n, 2, V) starting (alpha, beta) in units of t.
 
     Returns:
-      ``(value, blocks)``: the least cost and its blocks as (first, last, type before, type
-      after) tuples, left to right (type -1 at the grid's ends).
+      (n,) certified lower bounds, ``-inf`` where the certificate failed.
     """
-    types = tuple(_KNOTS)
-    G = np.full((T, k + 1, 4), np.inf)  # G[e, used, X]: points 0..e, break of type X after e
-    arg = np.full((T, k + 1, 4, 2), -1, np.int64)  # (first point, type before) of the last block
-    for e in range(T - 1):
-        for X in types:
-            n = _KNOTS[X]
-            if n > k:
-                continue
-            ce = X == _JOIN
-            if X != _AFTER_SHORT or e + 1 < _PRICED:
-                if C[(False, ce)][0, e] < G[e, n, X]:
-                    G[e, n, X], arg[e, n, X] = C[(False, ce)][0, e], (0, -1)
-            if e == 0:
-                continue
-            short = e - np.arange(1, e + 1) + 1 < _PRICED  # block i..e, i = 1..e
-            for Y in types:
-                cost = C[(Y == _JOIN, ce)][1 : e + 1, e].copy()  # blocks i..e, i = 1..e
-                if Y == _BEFORE_SHORT or X == _AFTER_SHORT:
-                    cost[~short] = np.inf
-                cand = _add(G[:e, : k + 1 - n, Y], cost[:, None])
-                i = np.argmin(cand, axis=0)
-                val = cand[i, np.arange(cand.shape[1])]
-                better = val < G[e, n:, X]
-                G[e, n:, X] = np.where(better, val, G[e, n:, X])
-                arg[e, n:, X][better] = np.stack([i[better] + 1, np.full(better.sum(), Y)], 1)
-    best, choice = C[(False, False)][0, T - 1], (0, -1, 0)
-    for Y in types:
-        cost = C[(Y == _JOIN, False)][1:, T - 1].copy()
-        if Y == _BEFORE_SHORT:
-            cost[T - np.arange(1, T) >= _PRICED] = np.inf
-        cand = _add(G[: T - 1, :, Y], cost[:, None])
-        i, used = np.unravel_index(np.argmin(cand), cand.shape)
-        if cand[i, used] < best:
-            best, choice = cand[i, used], (i + 1, Y, used)
-    i, Y, used = choice
-    e, X = T - 1, -1
-    blocks = []
-    while True:
-        blocks.append((int(i), int(e), int(Y), int(X)))
-        if i == 0:
-            break
-        e, X = i - 1, Y
-        i, Y = arg[e, used, X]
-        used -= _KNOTS[X]
-    return float(best), blocks[::-1]
+    T, V = p.shape
+    n = a.size
+    L = b - a + 1
+    cert = np.full(n, -np.inf)
+    order = np.argsort(L, kind="stable")
+    pads = np.maximum(8, 2 ** np.ceil(np.log2(np.maximum(L, 1))).astype(np.int64))
+    with x64():
+        for P in np.unique(pads):
+            rows = order[pads[order] == P]
+            # few compiled shapes: a power of two of at least 256 blocks, up to the memory cap
+            n_chunk = min(max(1, _CHUNK_SIZE // (P * max(V, 8))), max(pow2(rows.size), 256))
+            for lo in range(0, rows.size, n_chunk):
+                part = rows[lo : lo + n_chunk]
+                pp = np.concatenate([part, np.full(n_chunk - part.size, part[0])])
+                i0, Lp = a[pp], L[pp]
+                j0 = i0 + Lp - 1
+                idx = np.minimum(i0[:, None] + np.arange(P), T - 1)
+                mask = np.arange(P) < Lp[:, None]
+                mid, half = (t[i0] + t[j0]) / 2, (t[j0] - t[i0]) / 2
+                x = np.where(mask, (t[idx] - mid[:, None]) / half[:, None], 0.0)
+                th = warm[pp]
+                init = np.stack([th[:, 0] + th[:, 1] * mid[:, None], th[:, 1] * half[:, None]], 1)
+                ca, cb = lin[pp, 0], lin[pp, 1]
+                lin_b = np.stack([ca, (cb - ca * mid[:, None]) / half[:, None]], axis=1)
+                f, d, _, _ = _block_kernel(
+                    jnp.asarray(x),
+                    jnp.asarray(p[idx].transpose(0, 2, 1)),
+                    jnp.asarray(mask),
+                    jnp.asarray(init),
+                    jnp.asarray(np.ones(n_chunk, bool)),
+                    jnp.asarray(lin_b),
+                    max_iter=_LAGRANGE_NEWTON,
+                )
+                k = part.size
+                f, d = np.asarray(f)[:k], np.asarray(d)[:k]
+                c = np.minimum(d - _ROUNDING * Lp[:k], np.where(np.isfinite(f), f, np.inf))
+                cert[part] = np.where(np.isfinite(d), c, -np.inf)
+    return cert
+
+
+def _map_covariance(t, p, a, b, theta, tau) -> np.ndarray:
+    """(n, V, V) inverse-Hessian covariance of each block's map at ``tau``, at its plain optimum.
+
+    The quadratic model of a block's cost around its optimum: moving its map ``A(tau)`` by ``v``
+    costs about ``v . pinv(Cov) v / 2``. Only used to choose multipliers, so no certificate.
+    """
+    T, V = p.shape
+    n = a.size
+    out = np.zeros((n, V, V))
+    L = b - a + 1
+    P = int(L.max(initial=1))
+    step = max(1, (1 << 22) // (P * V * V + 1))
+    for lo in range(0, n, step):
+        r = np.arange(lo, min(n, lo + step))
+        idx = np.minimum(a[r, None] + np.arange(P), T - 1)
+        m = (np.arange(P) < L[r, None]).astype(np.float64)
+        mid, half = (t[a[r]] + t[b[r]]) / 2, (t[b[r]] - t[a[r]]) / 2
+        x = (t[idx] - mid[:, None]) / half[:, None] * m
+        z = theta[r, 0][:, None, :] + theta[r, 1][:, None, :] * t[idx][:, :, None]
+        q = np.exp(z - z.max(axis=-1, keepdims=True))
+        q /= q.sum(axis=-1, keepdims=True)
+        H = np.zeros((r.size, 2, V, 2, V))
+        for u in range(2):
+            for w in range(2):
+                wx = m * x ** (u + w)  # (n, P)
+                diag = np.einsum("np,npv->nv", wx, q)
+                H[:, u, :, w, :] = diag[:, :, None] * np.eye(V) - np.einsum(
+                    "npv,npw->nvw", q * wx[:, :, None], q
+                )
+        Hp = np.linalg.pinv(H.reshape(r.size, 2 * V, 2 * V), rcond=1e-10, hermitian=True)
+        Hp = Hp.reshape(r.size, 2, V, 2, V)
+        xt = ((tau[r] - mid) / half)[:, None, None]
+        out[r] = Hp[:, 0, :, 0] + xt * (Hp[:, 0, :, 1] + Hp[:, 1, :, 0]) + xt**2 * Hp[:, 1, :, 1]
+    return out
+
+
+def _knot_positions(t: np.ndarray, e: np.ndarray, splits: int) -> np.ndarray:
+    """(n, splits, 2) the ends of each of ``splits`` equal pieces of gap e (t_e to t_e+1).
+
+    A join's knot lies somewhere in its gap; for a fixed multiplier the Lagrangian is concave in
+    the knot's position, so on each piece its least value is at one of the piece's ends.
+    """
+    lo, hi = t[e], t[np.minimum(e + 1, t.size - 1)]
+    f = np.arange(splits + 1) / splits
+    ends = lo[:, None] + (hi - lo)[:, None] * f
+    return np.stack([ends[:, :-1], ends[:, 1:]], axis=-1)
+
+
+def _outside(first: np.ndarray, last: np.ndarray, total: int) -> np.ndarray:
+    """(T, T) least plain cost of points 0..i-1 and j+1..T-1 in at most ``total`` blocks."""
+    best = np.full((first.shape[0], first.shape[0]), np.inf)
+    for m1 in range(min(total, first.shape[1] - 1) + 1):
+        m2 = total - m1
+        if m2 < last.shape[1]:
+            best = np.minimum(best, first[:, m1][:, None] + last[:, m2][None, :])
+    return best
 
 
 def continuity_lower_bound(
@@ -912,27 +816,32 @@ def continuity_lower_bound(
     k: int,
     *,
     tol: float | None = None,
-    upper: float | None = None,
-    iterations: int = 40,
+    splits: int = 2,
+    max_joins: int = 4096,
+    max_triples: int = 32768,
 ) -> ContinuityBound:
     r"""A certified lower bound on the mean KL of k ReLU features that uses continuity at knots.
 
     The segmentation bound lets each of k + 1 blocks of grid points have its own affine logits.
     A ReLU model's logits are continuous: where a gap between grid points holds one knot, the
-    affine maps of the blocks on either side meet at a point tau in that gap; only a gap with two
-    or more knots can break the path freely. So every k-feature model is, on the grid, a
-    partition into blocks whose breaks are *joins* (one knot each) or *free breaks* (two knots),
+    affine maps of the blocks on either side meet at a point tau in that gap (a *join*); only a
+    gap with two or more knots breaks the path freely. So every k-feature model is, on the grid,
+    a partition into blocks whose breaks are joins (one knot each) or free breaks (two knots),
     at most k knots in all, with ``A(tau) = B(tau)`` (up to a constant on every logit) at each
-    join. Relaxing those equalities with multipliers ``mu_g`` (one vector per gap, summing to 0
-    over tokens) gives, for every choice of multipliers, a lower bound (weak duality): each
-    block's cost gains ``mu . A(tau)`` at its right join and ``-mu . A(tau)`` at its left one
-    (tau at the worse end of the gap, so each side is the least of two convex problems), and a
-    dynamic program over blocks, join types and knots used finds the least total. At ``mu = 0``
-    it is the segmentation bound; supergradient steps (Polyak's rule, aimed at ``upper``) raise
-    it, and the best value found is returned. Every block cost is certified from below by a dual
-    feasible point (blocks of fewer than 4 points carry no multiplier terms, see ``_PRICED``), so
-    the bound holds whatever the multipliers and the solver's accuracy, up to floating-point
-    rounding.
+    join.
+
+    Relaxing each join's equality with a multiplier ``mu`` (summing to 0 over tokens) gives, by
+    weak duality, a lower bound for every choice of the multipliers; here each join's ``mu`` is a
+    function of the two blocks it joins (so a dynamic program over partitions can use it): the
+    optimum of the blocks' quadratic models, scaled by the best of ``_SCALES`` for the pair
+    alone. The left block's cost gains ``mu . A(tau)`` and the right one's ``-mu . B(tau)``;
+    the knot's position is split into ``splits`` pieces of its gap, each with its own ``mu``, and
+    on each piece the Lagrangian is concave in tau, so its least value is at one of the piece's
+    ends (a choice the dynamic program makes). A block between two priced joins is solved with
+    both terms at once, or bounded by half its cost with twice each term (convexity), and a
+    dynamic program over blocks, knot positions and knots used finds the least total over all
+    partitions. Every block cost is certified from below by a dual feasible point, so the bound
+    holds whatever the multipliers and the solver's accuracy, up to floating-point rounding.
 
     JumpReLU features jump at their thresholds, so this bound is for ReLU only (the segmentation
     bound covers both). The full grid is used (no sub-grids) and every token is one bucket.
@@ -940,111 +849,226 @@ def continuity_lower_bound(
     Args:
       target: the curve, T grid points and V tokens.
       k: the number of features (>= 1).
-      tol: the mean-KL tolerance asked about (nats): blocks whose certified cost alone exceeds
-        ``cap = max(tol, upper)`` are left out (they cannot be part of a model below the cap),
-        which makes the search much smaller. ``None`` keeps every block.
-      upper: the mean KL the ascent aims at, e.g. the best fit's at k (default: twice the
-        segmentation bound).
-      iterations: most supergradient steps.
+      tol: the mean-KL tolerance asked about (nats): only joins on a partition whose plain cost
+        is at most ``tol`` are priced (the others cannot bring a model below ``tol``).
+        ``None`` prices joins by plain cost alone, up to ``max_joins``.
+      splits: pieces of each gap with their own multiplier (>= 1): more is tighter and slower.
+      max_joins: most joins priced, those on the cheapest partitions first.
+      max_triples: most blocks between two priced joins solved jointly, cheapest first.
 
     Returns:
       :class:`ContinuityBound`.
 
     Raises:
-      ValueError: for ``k < 1``, a non-positive ``tol`` or ``upper``, or ``iterations < 0``.
+      ValueError: for ``k < 1``, a non-positive ``tol``, ``splits < 1`` or negative limits.
 
     Example:
       >>> import jaxfeat
-      >>> tgt = jaxfeat.targets.oscillating(4, n=64)
-      >>> cb = continuity_lower_bound(tgt, 8, iterations=10)
-      >>> bool(cb.bound > cb.plain > 0)
-      True
+      >>> tgt = jaxfeat.targets.oscillating(1, n=32)
+      >>> cb = continuity_lower_bound(tgt, 2, tol=0.05)
+      >>> bool(cb.bound > 1.5 * cb.plain > 0), cb.joins > 0
+      (True, True)
     """
     t0 = time.perf_counter()
     target = _validate.target(target)
     k = _validate.positive_int(k, "k")
     tol = None if tol is None else _validate.positive_float(tol, "tol")
-    upper = None if upper is None else _validate.positive_float(upper, "upper")
-    iterations = _validate.nonnegative_int(iterations, "iterations")
+    splits = _validate.positive_int(splits, "splits")
+    max_joins = _validate.nonnegative_int(max_joins, "max_joins")
+    max_triples = _validate.nonnegative_int(max_triples, "max_triples")
     t = np.asarray(target.t, np.float64)
     p = np.asarray(target.probs, np.float64)
     p = p / p.sum(axis=1, keepdims=True)
     T, V = p.shape
     solutions = np.full((T, T, 1, 2, V), np.nan)
-    lower, _ = _block_costs(t, p[:, None, :], solutions)
-    best_plain, _ = _partitions(lower, min(k + 1, T))
-    plain = float(np.min(best_plain[:, -1]))  # at most k + 1 blocks
-    if upper is None:
-        upper = 2.0 * plain / T if plain > 0 else 1.0
-    cap = T * max(upper, tol or 0.0) * (1 + 1e-9)
-    if tol is None:
-        cap = np.inf
-    keep = np.isfinite(lower) & (lower <= cap)
-    a, b = np.nonzero(keep)
-    # Blocks of one or two points have no solver solution; they carry no multipliers either.
-    theta = np.nan_to_num(solutions[a, b, 0])
-    joins = _Joins(t, p, a, b, lower[a, b], theta)
-    # A multiplier only moves tokens present at both ends of its gap (so that every block it
-    # touches keeps the token).
-    support = (p[:-1] > 0) & (p[1:] > 0)
+    plain_c, _ = _block_costs(t, p[:, None, :], solutions)
+    n_blocks = min(k + 1, T)
+    best, _ = _partitions(plain_c, n_blocks)
+    plain = float(np.min(best[:, -1]))  # at most k + 1 blocks
+    cap = np.inf if tol is None else T * tol * (1 + 1e-9)
 
-    def evaluate(mu):
-        costs, pick = joins.solve(mu)
-        C = {}
-        for v, (s, e) in enumerate(((False, False), (False, True), (True, False), (True, True))):
-            M = np.full((T, T), np.inf)
-            M[a, b] = costs[:, v]
-            C[(s, e)] = M
-        value, blocks = _joined_partitions(C, T, k)
-        return min(value, cap), blocks, pick
+    # Least plain cost of the points before i (after j) in at most m blocks, m = 0..k.
+    rev, _ = _partitions(plain_c[::-1, ::-1].T, n_blocks)
+    first = np.full((T, k + 1), np.inf)
+    last = np.full((T, k + 1), np.inf)
+    first[0], last[T - 1] = 0.0, 0.0
+    for m in range(1, k + 1):
+        mm = min(m, n_blocks)
+        first[1:, m] = np.min(best[:mm, :-1], axis=0)
+        last[:-1, m] = np.min(rev[:mm, :-1], axis=0)[::-1]
+    out2 = _outside(first, last, k - 1)
 
-    # Supergradient ascent (Polyak's rule, aimed at upper) from mu = 0, the plain bound.
-    best, mu, it = min(plain, cap), np.zeros((T - 1, V)), 0
-    target_sum = T * upper
-    step, stall = 1.0, 0
-    value, blocks, pick = evaluate(mu)
-    pos = {(i, e): n for n, (i, e) in enumerate(zip(a, b, strict=True))}
-    while it < iterations and not ((tol is not None and best > T * tol) or best >= cap):
-        it += 1
-        # Supergradient: at each join, the left map minus the right map at their knots.
-        g = np.zeros_like(mu)
-        for (i, e, y, x), nxt in itertools.pairwise(blocks):
-            if x != _JOIN:
-                continue
-            left = pick[pos[(i, e)], 1 + 2 * (y == _JOIN)]  # variant (priced before?, join after)
-            right = pick[pos[(nxt[0], nxt[1])], 2 + (nxt[3] == _JOIN)]  # (join before, after?)
-            g[e] = joins.value(left, "e") - joins.value(right, "s")
-        g = _centred(g, support)
-        norm2 = float(np.sum(g * g))
-        if norm2 == 0.0 or step < _MIN_STEP:
-            break
-        move = max(target_sum - value, 0.0) / norm2 * g
-        # A step that leaves the multipliers' domain (some block unbounded below) is shortened
-        # for this iteration only.
-        trial = step
-        for _ in range(_RETRIES):
-            new = evaluate(mu + trial * move)
-            if new[0] > -np.inf:
+    # Joins worth pricing: both blocks long enough, on a partition below the cap, cheapest first.
+    found, through = [], []
+    for e in range(_PRICED - 1, T - _PRICED):
+        ii, jj = np.arange(e - _PRICED + 2), np.arange(e + _PRICED, T)
+        cost = out2[np.ix_(ii, jj)] + plain_c[ii, e][:, None] + plain_c[e + 1, jj][None, :]
+        r, c = np.nonzero(cost <= cap)
+        found.append(np.stack([ii[r], np.full(r.size, e), jj[c]], axis=1))
+        through.append(cost[r, c])
+    pairs = np.concatenate(found) if found else np.zeros((0, 3), np.int64)
+    through = np.concatenate(through) if through else np.zeros(0)
+    pairs = pairs[np.argsort(through, kind="stable")[:max_joins]]
+    # A multiplier only moves tokens present at every point of both blocks (so that every block
+    # it touches keeps the token).
+    pos = np.concatenate([np.zeros((1, V), np.int64), np.cumsum(p > 0, axis=0)])
+    support = (pos[pairs[:, 2] + 1] - pos[pairs[:, 0]]) == (pairs[:, 2] - pairs[:, 0] + 1)[:, None]
+    pairs, support = pairs[support.sum(axis=1) > 1], support[support.sum(axis=1) > 1]
+    pi, pe, pj = pairs.T
+    n = pi.size
+    O = 2 * splits  # knot options per join: (piece, end)
+    th_l = np.nan_to_num(solutions[pi, pe, 0])
+    th_r = np.nan_to_num(solutions[pe + 1, pj, 0])
+    taus = _knot_positions(t, pe, splits).reshape(n, O)
+    mus = np.zeros((n, O, V))
+    R = np.zeros((n, O))  # left block with its right term, per option
+    Lf = np.zeros((n, O))  # right block with its left term
+    R2, L2 = np.zeros((n, O)), np.zeros((n, O))  # the same with twice the multiplier
+
+    def sides(rows, mu, tau):
+        lin = np.stack([mu, mu * tau[:, None]], axis=1)
+        return (
+            _priced_blocks(t, p, pi[rows], pe[rows], lin, th_l[rows]),
+            _priced_blocks(t, p, pe[rows] + 1, pj[rows], -lin, th_r[rows]),
+        )
+
+    s = support.astype(np.float64)
+    centre = s[:, :, None] * (np.eye(V) - s[:, None, :] / s.sum(1)[:, None, None]) * s[:, None, :]
+    base = plain_c[pi, pe] + plain_c[pe + 1, pj]
+    every = np.arange(n)
+    for q in range(splits if n else 0):
+        tm = taus[:, 2 * q : 2 * q + 2].mean(axis=1)
+        cov = _map_covariance(t, p, pi, pe, th_l, tm) + _map_covariance(t, p, pe + 1, pj, th_r, tm)
+        d = (th_l[:, 0] + th_l[:, 1] * tm[:, None]) - (th_r[:, 0] + th_r[:, 1] * tm[:, None])
+        S = centre @ cov @ centre.transpose(0, 2, 1)
+        d = np.einsum("nvw,nw->nv", centre, d)
+        mu0 = np.einsum("nvw,nw->nv", np.linalg.pinv(S, rcond=1e-10, hermitian=True), d)
+        # Each scale's pair value (the knot at the worse end of the piece), best first.
+        vals, got = [], []
+        for sc in _SCALES:
+            ends = [sides(every, sc * mu0, taus[:, 2 * q + c]) for c in (0, 1)]
+            vals.append(np.minimum(ends[0][0] + ends[0][1], ends[1][0] + ends[1][1]))
+            got.append(ends)
+        vals = np.stack(vals)  # (scales, n)
+        rank = np.argsort(-vals, axis=0, kind="stable")
+        open_ = np.ones(n, bool)
+        for r in range(len(_SCALES)):
+            pick = rank[r]
+            rows = np.nonzero(open_ & (vals[pick, every] > base))[0]
+            if rows.size == 0:
                 break
-            trial /= 4
-        else:
-            step /= 4
-            continue
-        mu = mu + trial * move
-        value, blocks, pick = new
-        if value > best + 1e-12 * abs(best):
-            best, stall = value, 0
-        else:
-            stall += 1
-            if stall >= _PATIENCE:
-                step, stall = step / 2, 0
+            sc = np.asarray(_SCALES)[pick[rows]]
+            # Twice the multiplier must be certifiable too: it bounds the blocks between two
+            # joins (below), so every partition gets a finite value.
+            twice = [
+                sides(rows, 2 * sc[:, None] * mu0[rows], taus[rows, 2 * q + c]) for c in (0, 1)
+            ]
+            ok = np.all([np.isfinite(v) for pair in twice for v in pair], axis=0)
+            rows, sel = rows[ok], pick[rows[ok]]
+            open_[rows] = False
+            for c in (0, 1):
+                col = 2 * q + c
+                mus[rows, col] = np.asarray(_SCALES)[sel][:, None] * mu0[rows]
+                R[rows, col] = np.choose(sel, [g[c][0][rows] for g in got])
+                Lf[rows, col] = np.choose(sel, [g[c][1][rows] for g in got])
+                R2[rows, col] = twice[c][0][ok]
+                L2[rows, col] = twice[c][1][ok]
+        # An unpriced piece: the plain costs, exactly what a zero multiplier gives.
+        for c in (0, 1):
+            col = 2 * q + c
+            R[open_, col] = R2[open_, col] = plain_c[pi, pe][open_]
+            Lf[open_, col] = L2[open_, col] = plain_c[pe + 1, pj][open_]
+    live = np.any(mus != 0, axis=(1, 2))
+    keep = np.nonzero(live)[0]
+    pi, pe, pj = pi[keep], pe[keep], pj[keep]
+    mus, taus, R, Lf, R2, L2, th_r = (a[keep] for a in (mus, taus, R, Lf, R2, L2, th_r))
+    n = pi.size
+
+    # Blocks between two priced joins: adjacent pairs (a, b), b starting where a's right block does.
+    index = {(int(i), int(j)): [] for i, j in zip(pi, pe, strict=True)}
+    for q, (i, j) in enumerate(zip(pi, pe, strict=True)):
+        index[(int(i), int(j))].append(q)
+    ca, cb = [], []
+    for q in range(n):
+        nxt = index.get((int(pe[q]) + 1, int(pj[q])), [])
+        ca.extend([q] * len(nxt))
+        cb.extend(nxt)
+    ca, cb = np.asarray(ca, np.int64), np.asarray(cb, np.int64)
+    # split bound: min (c + la + lb) >= min (c/2 + la) + min (c/2 + lb)
+    mid = 0.5 * L2[ca][:, :, None] + 0.5 * R2[cb][:, None, :]  # (combos, O, O)
+    n_tri = 0
+    if ca.size and max_triples:
+        out3 = _outside(first, last, k - 2)
+        cost3 = (
+            out3[pi[ca], pj[cb]]
+            + plain_c[pi[ca], pe[ca]]
+            + plain_c[pe[ca] + 1, pj[ca]]
+            + plain_c[pj[ca] + 1, pj[cb]]
+        )
+        tri = np.nonzero(cost3 <= cap)[0]
+        tri = tri[np.argsort(cost3[tri], kind="stable")[:max_triples]]
+        n_tri = tri.size
+        if n_tri:
+            A, Bq = ca[tri], cb[tri]
+            for oa in range(O):
+                for ob in range(O):
+                    ma, mb = mus[A, oa], mus[Bq, ob]
+                    ta, tb = taus[A, oa][:, None], taus[Bq, ob][:, None]
+                    lin = np.stack([mb - ma, mb * tb - ma * ta], axis=1)
+                    exact = _priced_blocks(t, p, pe[A] + 1, pj[A], lin, th_r[A])
+                    mid[tri, oa, ob] = np.maximum(mid[tri, oa, ob], exact)
+
+    # Dynamic program over the gaps, left to right. N[s, j, u]: least cost of the blocks before
+    # block s..j (which has no priced join on its left), u knots used; J[q, o, u]: the same for the
+    # right block of priced join q, its knot at option o.
+    N = np.full((T, T, k + 1), np.inf)
+    N[0, :, 0] = 0.0
+    J = np.full((n, O, k + 1), np.inf)
+    by_end = [np.nonzero(pj == j)[0] for j in range(T)] if n else [np.zeros(0, int)] * T
+    by_gap = [np.nonzero(pe == j)[0] for j in range(T)] if n else [np.zeros(0, int)] * T
+    combo_gap = pe[cb] if ca.size else np.zeros(0, np.int64)
+    for j in range(T):
+        ends = by_end[j]
+        vals = np.concatenate(
+            [
+                N[: j + 1, j] + plain_c[: j + 1, j][:, None],
+                (J[ends] + Lf[ends][:, :, None]).reshape(-1, k + 1),
+            ]
+        )
+        starts = np.concatenate([np.arange(j + 1), np.repeat(pe[ends] + 1, O)])
+        if j == T - 1:
+            final = float(np.min(vals))
+            break
+        # An unpriced join to every next block, except where the join is priced; a free break
+        # (two knots) to every next block.
+        low = np.min(vals, axis=0)
+        N[j + 1, j + 1 :, 1:] = np.minimum(N[j + 1, j + 1 :, 1:], low[None, :-1])
+        if k >= 2:
+            N[j + 1, j + 1 :, 2:] = np.minimum(N[j + 1, j + 1 :, 2:], low[None, :-2])
+        gap = by_gap[j]
+        for l in np.unique(pj[gap]):
+            priced = np.zeros(j + 1, bool)
+            priced[pi[gap][pj[gap] == l]] = True
+            rest = vals[~priced[starts]]
+            col = np.min(rest, axis=0) if rest.size else np.full(k + 1, np.inf)
+            # recompute this column: the unpriced joins from the blocks it may follow
+            N[j + 1, l, 1:] = col[:-1]
+            if k >= 2:
+                N[j + 1, l, 2:] = np.minimum(N[j + 1, l, 2:], low[:-2])
+        if gap.size:
+            # a priced join from a block with no priced join on its left
+            J[gap, :, 1:] = np.minimum(J[gap, :, 1:], N[pi[gap], j, None, :-1] + R[gap][:, :, None])
+            # ... or from the right block of another priced join
+            sel = np.nonzero(combo_gap == j)[0]
+            if sel.size:
+                cand = J[ca[sel]][:, :, None, :-1] + mid[sel][:, :, :, None]  # (c, oa, ob, u)
+                np.minimum.at(J[:, :, 1:], cb[sel], np.min(cand, axis=1))
     return ContinuityBound(
         k=k,
-        bound=max(best, 0.0) / T,
+        bound=max(final, plain, 0.0) / T,
         plain=plain / T,
-        cap=cap / T,
-        iterations=it,
-        blocks=int(a.size),
+        joins=int(n),
+        triples=int(n_tri),
         seconds=time.perf_counter() - t0,
     )
 

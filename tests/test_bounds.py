@@ -424,11 +424,11 @@ def _continuity_cases(seed, k, noise, T=20):
     pruned=st.booleans(),
 )
 def test_continuity_bound_is_sound_for_relu_models(seed, k, noise, pruned):
-    # The ascent aims at the model's own loss, the hardest place for a bound to stay below.
+    # Pruned at just above the model's own loss: the joins on its partition are all priced, the
+    # hardest place for a bound to stay below.
     tgt, model_kl = _continuity_cases(seed, k, noise)
-    upper = max(model_kl, 1e-6)
-    tol = upper * 0.9 if pruned else None
-    cb = bounds.continuity_lower_bound(tgt, k, tol=tol, upper=upper, iterations=6)
+    tol = max(model_kl, 1e-6) * 1.1 if pruned else None
+    cb = bounds.continuity_lower_bound(tgt, k, tol=tol)
     assert not _violates(cb.bound, model_kl)
     assert cb.bound >= cb.plain - 1e-15 and cb.plain >= 0
 
@@ -444,7 +444,7 @@ def test_continuity_bound_is_sound_on_count_data_with_zeros(seed):
     counts = np.stack([rng.multinomial(12, row) for row in q])
     tgt = jaxfeat.Target.from_counts(t, counts)
     model_kl = _mean_kl64(_probs64(tgt), z)
-    cb = bounds.continuity_lower_bound(tgt, 3, upper=model_kl, iterations=6)
+    cb = bounds.continuity_lower_bound(tgt, 3)
     assert np.any(counts == 0) and not _violates(cb.bound, model_kl)
 
 
@@ -465,31 +465,32 @@ def _off_centre_model(seed: int, k: int = 3, T: int = 20):
 
 def test_continuity_check_rejects_a_knot_fixed_at_the_gaps_midpoint(monkeypatch):
     """The check above has teeth: pricing every join with the knot at the middle of its gap
-    (instead of the worse end) is not a bound; on exact models with off-centre knots it exceeds
-    their loss of zero."""
+    (instead of the worse end of each piece) is not a bound; on exact models with off-centre
+    knots it exceeds their loss of zero."""
 
-    def middle(t, g, end):
-        return (t[np.clip(g, 0, t.size - 1)] + t[np.clip(g + 1, 0, t.size - 1)]) / 2
+    def middle(t, e, splits):
+        centre = (t[e] + t[np.minimum(e + 1, t.size - 1)]) / 2
+        return np.broadcast_to(centre[:, None, None], (e.size, splits, 2)).copy()
 
     caught = 0
     for seed in range(6):
         tgt, model_kl = _off_centre_model(seed)
-        right = bounds.continuity_lower_bound(tgt, 3, upper=1e-2, iterations=10)
+        right = bounds.continuity_lower_bound(tgt, 3)
         assert not _violates(right.bound, model_kl)
         with monkeypatch.context() as m:
-            m.setattr(bounds, "_gap_end", middle)
-            wrong = bounds.continuity_lower_bound(tgt, 3, upper=1e-2, iterations=10)
+            m.setattr(bounds, "_knot_positions", middle)
+            wrong = bounds.continuity_lower_bound(tgt, 3)
         caught += _violates(wrong.bound, model_kl)
     assert caught >= 2
 
 
 def test_continuity_bound_tightens_the_segmentation_bound_at_coarse_tolerances():
-    # oscillating(4) with 9 features: two pieces per oscillation, where joins cost the most.
-    tgt = jaxfeat.targets.oscillating(4, n=64)
-    cb = bounds.continuity_lower_bound(tgt, 8, upper=5e-2, iterations=10)
-    plain = segmentation_lower_bound(tgt, 8).bounds[7]
+    # oscillating(1) with 2 features: three long pieces, whose joins cost the most.
+    tgt = jaxfeat.targets.oscillating(1, n=32)
+    cb = bounds.continuity_lower_bound(tgt, 2, tol=5e-2)
+    plain = segmentation_lower_bound(tgt, 2).bounds[1]
     assert cb.plain == pytest.approx(plain, rel=1e-9)
-    assert cb.bound > 1.1 * cb.plain and cb.iterations <= 10 and cb.blocks == 64 * 65 // 2
+    assert cb.bound > 1.5 * cb.plain and cb.joins > 0 and cb.triples > 0
 
 
 @pytest.mark.parametrize(
@@ -497,8 +498,9 @@ def test_continuity_bound_tightens_the_segmentation_bound_at_coarse_tolerances()
     [
         ({"k": 0}, "k=0"),
         ({"k": 2, "tol": 0.0}, "tol"),
-        ({"k": 2, "upper": -1.0}, "upper"),
-        ({"k": 2, "iterations": -1}, "iterations"),
+        ({"k": 2, "splits": 0}, "splits"),
+        ({"k": 2, "max_joins": -1}, "max_joins"),
+        ({"k": 2, "max_triples": -1}, "max_triples"),
     ],
 )
 def test_continuity_bad_inputs(kwargs, match):

@@ -145,27 +145,26 @@ def test_required_features_raises_the_bound_with_the_continuity_bound(monkeypatc
     monkeypatch.setattr(_count, "fit_batch", _FakeFits())
     monkeypatch.setattr(_count, "_CONTINUITY_REACH", 0.0)
     tgt = jaxfeat.targets.oscillating(1, n=24)
-    off = required_features(tgt, 1e-3, k_max=20, continuity_iterations=0)
+    off = required_features(tgt, 1e-3, k_max=20, continuity=False)
     seg = off.lower_bound
     assert off.segmentation_bound == seg and off.k >= seg + 3
     calls = []
 
-    def fake_bound(target, k, *, tol, upper, iterations):
-        calls.append((k, upper, iterations))
+    def fake_bound(target, k, *, tol):
+        calls.append((k, tol))
         return SimpleNamespace(bound=2 * tol if k < seg + 2 else 0.5 * tol)
 
     monkeypatch.setattr(_count, "continuity_lower_bound", fake_bound)
-    r = required_features(tgt, 1e-3, k_max=20, continuity_iterations=3)
+    r = required_features(tgt, 1e-3, k_max=20)
     assert r.segmentation_bound == seg and r.lower_bound == seg + 2 and r.k == off.k
-    assert [c[0] for c in calls] == [seg, seg + 1, seg + 2] and {c[2] for c in calls} == {3}
-    assert all(c[1] is None or c[1] > 1e-3 for c in calls)  # aimed at the failed fit
+    assert [c[0] for c in calls] == [seg, seg + 1, seg + 2] and {c[1] for c in calls} == {1e-3}
     np.testing.assert_array_equal(r.bounds[seg - 1 : seg + 1], 2e-3)
     # For JumpReLU, whose features jump at their thresholds, the bound is not used.
     calls.clear()
     jump = required_features(tgt, 1e-3, k_max=20, activation="jumprelu")
     assert not calls and jump.lower_bound == jump.segmentation_bound
-    with pytest.raises(ValueError, match="continuity_iterations"):
-        required_features(tgt, 1e-3, continuity_iterations=-1)
+    with pytest.raises(ValueError, match="continuity"):
+        required_features(tgt, 1e-3, continuity=1)
 
 
 def test_required_features_softplus_has_no_certificate(monkeypatch):

@@ -71,8 +71,7 @@ class Settings:
       max_steps: optimiser steps per fit.
       polish_steps: steps of the second try at the decisive count (see
         :func:`jaxfeat.required_features`).
-      continuity_iterations: supergradient steps of the continuity bound where a ReLU bracket is
-        still open.
+      continuity: try the continuity bound where a ReLU bracket is still open.
       key: seed of the fits.
       batch: targets per ``required_features_batch`` call (rows are saved after each call). On
         a CPU one target per call is fastest: batched fits run as long as their slowest member
@@ -101,7 +100,7 @@ class Settings:
     restarts: int
     max_steps: int
     polish_steps: int
-    continuity_iterations: int = 8
+    continuity: bool = True
     key: int = 0
     batch: int = 4
     osc_m: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 8)
@@ -132,7 +131,7 @@ class Settings:
             "restarts": self.restarts,
             "max_steps": self.max_steps,
             "polish_steps": self.polish_steps,
-            "continuity_iterations": self.continuity_iterations,
+            "continuity": self.continuity,
             "key": self.key,
             "metric": "mean_kl",
         }
@@ -338,7 +337,7 @@ def _count_rows(
         restarts=s.restarts,
         max_steps=s.max_steps,
         polish_steps=s.polish_steps,
-        continuity_iterations=s.continuity_iterations,
+        continuity=s.continuity,
         key=s.key,
     )
     batch_seconds = time.perf_counter() - start

@@ -74,7 +74,7 @@ class FakeCounter:
         restarts,
         max_steps,
         polish_steps,
-        continuity_iterations,
+        continuity,
         key,
     ):
         self.calls += 1
