@@ -341,12 +341,7 @@ def required_features_batch(
 
     # The lower side: the continuity of ReLU paths at their knots, where the bracket is open.
     T, V = targets[0].probs.shape
-    if (
-        activation == "relu"
-        and continuity
-        and V <= AUTO_BUCKET_VOCAB
-        and T <= AUTO_SUBGRID
-    ):
+    if activation == "relu" and continuity and V <= AUTO_BUCKET_VOCAB and T <= AUTO_SUBGRID:
         for i in range(*distributed.share(n)[:2]) if spread else range(n):
             while found[i] is not None and lower[i] < found[i]:
                 K = lower[i]
