@@ -179,13 +179,11 @@ def required_features_batch(
     activation = _validate.activation(activation)
     restarts = _validate.positive_int(restarts, "restarts")
     max_steps = _validate.positive_int(max_steps, "max_steps")
-    if not isinstance(polish, bool):
-        raise ValueError(f"polish={polish!r} must be True or False.")
+    polish = _validate.boolean(polish, "polish")
     polish_steps = _validate.positive_int(
         2 * max_steps if polish_steps is None else polish_steps, "polish_steps"
     )
-    if not isinstance(continuity, bool):
-        raise ValueError(f"continuity={continuity!r} must be True or False.")
+    continuity = _validate.boolean(continuity, "continuity")
     tol = _validate.positive_float(tol, "tol")
     if metric not in METRICS:
         raise ValueError(

@@ -36,6 +36,12 @@ def nonnegative_int(value: object, name: str) -> int:
     return int(value)
 
 
+def boolean(value: object, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name}={value!r} must be True or False.")
+    return value
+
+
 def positive_float(value: object, name: str) -> float:
     return _number(value, name, "> 0")
 

@@ -755,14 +755,15 @@ def _priced_blocks(t, p, a, b, lin, warm) -> np.ndarray:
 
 
 def _map_covariance(t, p, a, b, theta, tau) -> np.ndarray:
-    """(n, V, V) inverse-Hessian covariance of each block's map at ``tau``, at its plain optimum.
+    """(n, s, V, V) inverse-Hessian covariance of each block's map at ``tau`` (n, s), at its
+    plain optimum (one pseudo-inverse per block, whatever the number of positions s).
 
     The quadratic model of a block's cost around its optimum: moving its map ``A(tau)`` by ``v``
     costs about ``v . pinv(Cov) v / 2``. Only used to choose multipliers, so no certificate.
     """
     T, V = p.shape
     n = a.size
-    out = np.zeros((n, V, V))
+    out = np.zeros((n, tau.shape[1], V, V))
     L = b - a + 1
     P = int(L.max(initial=1))
     step = max(1, (1 << 22) // (P * V * V + 1))
@@ -785,8 +786,13 @@ def _map_covariance(t, p, a, b, theta, tau) -> np.ndarray:
                 )
         Hp = np.linalg.pinv(H.reshape(r.size, 2 * V, 2 * V), rcond=1e-10, hermitian=True)
         Hp = Hp.reshape(r.size, 2, V, 2, V)
-        xt = ((tau[r] - mid) / half)[:, None, None]
-        out[r] = Hp[:, 0, :, 0] + xt * (Hp[:, 0, :, 1] + Hp[:, 1, :, 0]) + xt**2 * Hp[:, 1, :, 1]
+        xt = ((tau[r] - mid[:, None]) / half[:, None])[:, :, None, None]
+        aa, ab, bb = (
+            Hp[:, None, 0, :, 0],
+            Hp[:, None, 0, :, 1] + Hp[:, None, 1, :, 0],
+            Hp[:, None, 1, :, 1],
+        )
+        out[r] = aa + xt * ab + xt**2 * bb
     return out
 
 
@@ -939,9 +945,12 @@ def continuity_lower_bound(
     centre = s[:, :, None] * (np.eye(V) - s[:, None, :] / s.sum(1)[:, None, None]) * s[:, None, :]
     base = plain_c[pi, pe] + plain_c[pe + 1, pj]
     every = np.arange(n)
+    centres = taus.reshape(n, splits, 2).mean(axis=2)  # the middle of each piece
+    covs = _map_covariance(t, p, pi, pe, th_l, centres) + _map_covariance(
+        t, p, pe + 1, pj, th_r, centres
+    )
     for q in range(splits if n else 0):
-        tm = taus[:, 2 * q : 2 * q + 2].mean(axis=1)
-        cov = _map_covariance(t, p, pi, pe, th_l, tm) + _map_covariance(t, p, pe + 1, pj, th_r, tm)
+        tm, cov = centres[:, q], covs[:, q]
         d = (th_l[:, 0] + th_l[:, 1] * tm[:, None]) - (th_r[:, 0] + th_r[:, 1] * tm[:, None])
         S = centre @ cov @ centre.transpose(0, 2, 1)
         d = np.einsum("nvw,nw->nv", centre, d)
@@ -1045,19 +1054,17 @@ def continuity_lower_bound(
         # An unpriced join to every next block, except where the join is priced; a free break
         # (two knots) to every next block.
         low = np.min(vals, axis=0)
-        N[j + 1, j + 1 :, 1:] = np.minimum(N[j + 1, j + 1 :, 1:], low[None, :-1])
-        if k >= 2:
-            N[j + 1, j + 1 :, 2:] = np.minimum(N[j + 1, j + 1 :, 2:], low[None, :-2])
+        join = np.broadcast_to(low, (T - j - 1, k + 1)).copy()  # next block j+1..l, row l-j-1
         gap = by_gap[j]
         for l in np.unique(pj[gap]):
             priced = np.zeros(j + 1, bool)
             priced[pi[gap][pj[gap] == l]] = True
             rest = vals[~priced[starts]]
-            col = np.min(rest, axis=0) if rest.size else np.full(k + 1, np.inf)
-            # recompute this column: the unpriced joins from the blocks it may follow
-            N[j + 1, l, 1:] = col[:-1]
-            if k >= 2:
-                N[j + 1, l, 2:] = np.minimum(N[j + 1, l, 2:], low[:-2])
+            join[l - j - 1] = np.min(rest, axis=0) if rest.size else np.inf
+        # N[j + 1] is written only here, after its last block ended at gap j
+        N[j + 1, j + 1 :, 1:] = join[:, :-1]
+        if k >= 2:
+            N[j + 1, j + 1 :, 2:] = np.minimum(N[j + 1, j + 1 :, 2:], low[None, :-2])
         if gap.size:
             # a priced join from a block with no priced join on its left
             J[gap, :, 1:] = np.minimum(J[gap, :, 1:], N[pi[gap], j, None, :-1] + R[gap][:, :, None])
