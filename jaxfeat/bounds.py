@@ -65,13 +65,65 @@ _NEWTON_TOL = 1e-12
 # Points x max(V, 8) per compiled chunk of blocks: bounds memory (and the work a chunk's slowest
 # block imposes on the rest), not results.
 _CHUNK_SIZE = 1 << 18
+# The Newton system is solved by the Woodbury identity where its (P + 2)-square capacitance is at
+# most this fraction of the 2V-square Hessian (measured in benchmarks/block_kernel.py).
+_LOW_RANK_RATIO = 0.6
 
 # ---------------------------------------------------------------------------------------------
 # Block costs: softmax regression with soft labels on [1, t], certified from below
 
 
-@functools.partial(jax.jit, static_argnames=("max_iter",))
-def _block_kernel(x, p, mask, theta_init, warm, lin, max_iter: int):
+def _low_rank_step(M1, q, omega, x, u, pres, g):
+    """The Newton step ``-Hr^-1 g`` of :func:`_block_kernel` by the Woodbury identity.
+
+    The Hessian is ``D - U U^T``: ``D`` holds one 2x2 block per token (the moments of its
+    probability), and ``U`` has one column per grid point, ``sqrt(omega_t) [1, x_t] (x) q_t``.
+    With the two gauge directions it is ``D + W S W^T`` with ``W`` of P + 2 columns, so each step
+    solves a (P + 2)-square system instead of a 2V-square one. One step of iterative refinement
+    (products with the Hessian cost O(V P)) brings the residual to that of a direct solve, which
+    the certificate needs: its dual point is feasible exactly when the step solves the system.
+
+    Shapes: M1 (n, 3, V), q (n, V, P), omega and x (n, 1, P), u and pres (n, V), g (n, 2, V);
+    returns (n, 2, V).
+    """
+    _, V, P = q.shape
+    sw = jnp.sqrt(omega)
+    U = jnp.stack([sw * q, sw * x * q], axis=1)  # (n, 2, V, P)
+    trace = jnp.sum(M1[:, 0] + M1[:, 2], -1) - jnp.sum(U * U, axis=(1, 2, 3))
+    scale = trace / (2 * V) + 1e-300  # (n,)
+    ridge = scale[:, None] * (1e-13 + 1.0 - pres)  # absent tokens: a unit diagonal, as in Hr
+    d00, d01, d11 = M1[:, 0] + ridge, M1[:, 1], M1[:, 2] + ridge  # (n, V)
+    det = d00 * d11 - d01 * d01
+
+    def d_solve(y):  # D^-1 y for y (n, 2, V, ...)
+        e = (slice(None), slice(None)) + (None,) * (y.ndim - 3)
+        a, b, c, dt = d00[e], d01[e], d11[e], det[e]
+        return jnp.stack([(c * y[:, 0] - b * y[:, 1]) / dt, (a * y[:, 1] - b * y[:, 0]) / dt], 1)
+
+    root = jnp.sqrt(scale)[:, None] * u  # (n, V)
+    zero = jnp.zeros_like(root)
+    G = jnp.stack([jnp.stack([root, zero], 1), jnp.stack([zero, root], 1)], axis=-1)
+    W = jnp.concatenate([U, G], axis=-1)  # (n, 2, V, P + 2)
+    sign = jnp.concatenate([-jnp.ones(P, q.dtype), jnp.ones(2, q.dtype)])
+    DW = d_solve(W)
+    C = jnp.diag(sign) + jnp.einsum("navi,navj->nij", W, DW)
+
+    def solve(r):  # Hr^-1 r
+        y = d_solve(r)
+        c = jnp.linalg.solve(C, jnp.einsum("navi,nav->ni", W, y)[..., None])[..., 0]
+        return y - jnp.einsum("navi,ni->nav", DW, c)
+
+    def apply(s):  # Hr s
+        ds = jnp.stack([d00 * s[:, 0] + d01 * s[:, 1], d01 * s[:, 0] + d11 * s[:, 1]], 1)
+        return ds + jnp.einsum("navi,ni->nav", W, sign * jnp.einsum("navi,nav->ni", W, s))
+
+    s = solve(g)
+    s = s + solve(g - apply(s))
+    return -s
+
+
+@functools.partial(jax.jit, static_argnames=("max_iter", "low_rank"))
+def _block_kernel(x, p, mask, theta_init, warm, lin, max_iter: int, low_rank: bool | None = None):
     """Damped Newton for n padded blocks, certified from below by a dual feasible point.
 
     Minimises ``sum_t KL(p_t || softmax(alpha + beta x_t)) + lin . (alpha, beta)``; the linear
@@ -88,13 +140,18 @@ def _block_kernel(x, p, mask, theta_init, warm, lin, max_iter: int):
       warm: (n,) bool.
       lin: (n, 2, V) linear coefficients of (alpha, beta), in the block's coordinates.
       max_iter: Newton step limit.
+      low_rank: solve each Newton system by :func:`_low_rank_step` (True) or directly (False);
+        ``None`` picks the cheaper for the shapes (the two agree to rounding).
 
     Returns:
       ``(primal, dual, theta, iters)``: the objective at the solver's point, the certified lower
       bound (0 if the certificate failed), the final (alpha, beta), and the number of iterations.
     """
-    n, V, _ = p.shape
+    n, V, P = p.shape
     dtype = p.dtype
+    # The Woodbury step is cheaper once the grid slots are well below twice the vocabulary.
+    if low_rank is None:
+        low_rank = P + 2 <= _LOW_RANK_RATIO * 2 * V
     m = mask.astype(dtype)[:, None, :]  # (n, 1, P)
     p = p * m
     x = x[:, None, :] * m
@@ -166,17 +223,23 @@ def _block_kernel(x, p, mask, theta_init, warm, lin, max_iter: int):
         lse = (jnp.log(s) + zmax)[:, 0]
         f = plogp + jnp.sum(omega[:, 0] * lse, axis=-1) + jnp.sum((lin - px) * theta, (-2, -1))
         M1 = jnp.sum(w[:, :, None, :] * q[:, None], axis=-1)  # (n, 3, V)
-        if V <= 8:  # fused elementwise products are fastest for a small vocabulary
-            M2 = jnp.sum(w[:, :, None, None, :] * (q[:, None, :, None] * q[:, None, None, :]), -1)
-        else:  # a batched matrix product, which never forms the (n, 3, V, V, P) products
-            M2 = jnp.einsum("nkvp,nwp->nkvw", w[:, :, None, :] * q[:, None], q)
         g = (M1[:, :2] - px + lin).reshape(n, 2 * V)
-        H = M1[:, ab][..., :, None] * eye_v - M2[:, ab]  # (n, 2, 2, V, V)
-        H = H.transpose(0, 1, 3, 2, 4).reshape(n, 2 * V, 2 * V)
-        scale = jnp.trace(H, axis1=-2, axis2=-1)[:, None, None] / (2 * V) + 1e-300
-        Hr = H + scale * gauge
-        # LU, not Cholesky: batched LU is many times faster on CPU for these sizes.
-        step = -jnp.linalg.solve(Hr, g[..., None])[..., 0]
+        if low_rank:
+            step = _low_rank_step(M1, q, omega, x, u, pres, g.reshape(n, 2, V))
+            step = step.reshape(n, 2 * V)
+        else:
+            if V <= 8:  # fused elementwise products are fastest for a small vocabulary
+                M2 = jnp.sum(
+                    w[:, :, None, None, :] * (q[:, None, :, None] * q[:, None, None, :]), -1
+                )
+            else:  # a batched matrix product, which never forms the (n, 3, V, V, P) products
+                M2 = jnp.einsum("nkvp,nwp->nkvw", w[:, :, None, :] * q[:, None], q)
+            H = M1[:, ab][..., :, None] * eye_v - M2[:, ab]  # (n, 2, 2, V, V)
+            H = H.transpose(0, 1, 3, 2, 4).reshape(n, 2 * V, 2 * V)
+            scale = jnp.trace(H, axis1=-2, axis2=-1)[:, None, None] / (2 * V) + 1e-300
+            Hr = H + scale * gauge
+            # LU, not Cholesky: batched LU is many times faster on CPU for these sizes.
+            step = -jnp.linalg.solve(Hr, g[..., None])[..., 0]
         dec = -jnp.sum(g * step, axis=-1)  # Newton decrement squared
         return q, f, step.reshape(n, 2, V), dec
 
@@ -667,7 +730,7 @@ def segmentation_lower_bound(
 
 # Newton steps per priced block: each starts from the block's plain solution, and an unconverged
 # block is still certified (by its dual point), a little lower.
-_LAGRANGE_NEWTON = 8
+_LAGRANGE_NEWTON = 4
 # Blocks of fewer points carry no multiplier terms: one or two points fit any affine map exactly,
 # so a term on such a block is unbounded below. Three-point blocks get small multipliers from
 # their large covariances; pricing them certified one more count on oscillating(7) and (8) at
@@ -818,6 +881,59 @@ def _outside(first: np.ndarray, last: np.ndarray, total: int) -> np.ndarray:
     return best
 
 
+def _join_dp(T, k, plain_c, pi, pe, pj, R, Lf, ca, cb, mid) -> float:
+    """The least total, over partitions into blocks with priced and unpriced joins and free
+    breaks using at most k knots, of :func:`continuity_lower_bound`'s block values.
+
+    ``R`` and ``Lf`` (n, O) are each priced join's left and right block values per knot option,
+    ``mid`` (combos, O, O) the value of the block between joins ``ca`` and ``cb``.
+    """
+    n, O = R.shape
+    # Dynamic program over the gaps, left to right. N[s, j, u]: least cost of the blocks before
+    # block s..j (which has no priced join on its left), u knots used; J[q, o, u]: the same for the
+    # right block of priced join q, its knot at option o.
+    N = np.full((T, T, k + 1), np.inf)
+    N[0, :, 0] = 0.0
+    J = np.full((n, O, k + 1), np.inf)
+    by_end = [np.nonzero(pj == j)[0] for j in range(T)] if n else [np.zeros(0, int)] * T
+    by_gap = [np.nonzero(pe == j)[0] for j in range(T)] if n else [np.zeros(0, int)] * T
+    combo_gap = pe[cb] if ca.size else np.zeros(0, np.int64)
+    for j in range(T):
+        ends = by_end[j]
+        vals = np.concatenate(
+            [
+                N[: j + 1, j] + plain_c[: j + 1, j][:, None],
+                (J[ends] + Lf[ends][:, :, None]).reshape(-1, k + 1),
+            ]
+        )
+        starts = np.concatenate([np.arange(j + 1), np.repeat(pe[ends] + 1, O)])
+        if j == T - 1:
+            break
+        # An unpriced join to every next block, except where the join is priced; a free break
+        # (two knots) to every next block.
+        low = np.min(vals, axis=0)
+        join = np.broadcast_to(low, (T - j - 1, k + 1)).copy()  # next block j+1..l, row l-j-1
+        gap = by_gap[j]
+        for l in np.unique(pj[gap]):
+            priced = np.zeros(j + 1, bool)
+            priced[pi[gap][pj[gap] == l]] = True
+            rest = vals[~priced[starts]]
+            join[l - j - 1] = np.min(rest, axis=0) if rest.size else np.inf
+        # N[j + 1] is written only here, after its last block ended at gap j
+        N[j + 1, j + 1 :, 1:] = join[:, :-1]
+        if k >= 2:
+            N[j + 1, j + 1 :, 2:] = np.minimum(N[j + 1, j + 1 :, 2:], low[None, :-2])
+        if gap.size:
+            # a priced join from a block with no priced join on its left
+            J[gap, :, 1:] = np.minimum(J[gap, :, 1:], N[pi[gap], j, None, :-1] + R[gap][:, :, None])
+            # ... or from the right block of another priced join
+            sel = np.nonzero(combo_gap == j)[0]
+            if sel.size:
+                cand = J[ca[sel]][:, :, None, :-1] + mid[sel][:, :, :, None]  # (c, oa, ob, u)
+                np.minimum.at(J[:, :, 1:], cb[sel], np.min(cand, axis=1))
+    return float(np.min(vals))
+
+
 def continuity_lower_bound(
     target: Target,
     k: int,
@@ -826,6 +942,7 @@ def continuity_lower_bound(
     splits: int = 3,
     max_joins: int = 4096,
     max_triples: int = 32768,
+    decide: bool = True,
 ) -> ContinuityBound:
     r"""A certified lower bound on the mean KL of k ReLU features that uses continuity at knots.
 
@@ -864,6 +981,11 @@ def continuity_lower_bound(
         tolerance for 2, 3 and 4 pieces; the cost grows as the square).
       max_joins: most joins priced, those on the cheapest partitions first.
       max_triples: most blocks between two priced joins solved jointly, cheapest first.
+      decide: with ``tol``, stop once whether the bound exceeds ``tol`` is settled: before
+        solving the blocks between two priced joins, the bound with their split values (a valid
+        bound) is returned if it already exceeds ``tol``, or if an upper estimate of the bound
+        with their exact values (each at the block's plain solution) does not. The answer to
+        ``bound > tol`` is the same either way; ``False`` always solves them.
 
     Returns:
       :class:`ContinuityBound`.
@@ -874,7 +996,7 @@ def continuity_lower_bound(
     Example:
       >>> import jaxfeat
       >>> tgt = jaxfeat.targets.oscillating(1, n=32)
-      >>> cb = continuity_lower_bound(tgt, 2, tol=0.05)
+      >>> cb = continuity_lower_bound(tgt, 2, tol=0.05, decide=False)
       >>> bool(cb.bound > 1.5 * cb.plain > 0), cb.joins > 0
       (True, True)
     """
@@ -885,12 +1007,13 @@ def continuity_lower_bound(
     splits = _validate.positive_int(splits, "splits")
     max_joins = _validate.nonnegative_int(max_joins, "max_joins")
     max_triples = _validate.nonnegative_int(max_triples, "max_triples")
+    decide = _validate.boolean(decide, "decide")
     t = np.asarray(target.t, np.float64)
     p = np.asarray(target.probs, np.float64)
     p = p / p.sum(axis=1, keepdims=True)
     T, V = p.shape
     solutions = np.full((T, T, 1, 2, V), np.nan)
-    plain_c, _ = _block_costs(t, p[:, None, :], solutions)
+    plain_c, plain_f = _block_costs(t, p[:, None, :], solutions)
     n_blocks = min(k + 1, T)
     best, _ = _partitions(plain_c, n_blocks)
     plain = float(np.min(best[:, -1]))  # at most k + 1 blocks
@@ -934,12 +1057,15 @@ def continuity_lower_bound(
     Lf = np.zeros((n, O))  # right block with its left term
     R2, L2 = np.zeros((n, O)), np.zeros((n, O))  # the same with twice the multiplier
 
-    def sides(rows, mu, tau):
-        lin = np.stack([mu, mu * tau[:, None]], axis=1)
-        return (
-            _priced_blocks(t, p, pi[rows], pe[rows], lin, th_l[rows]),
-            _priced_blocks(t, p, pe[rows] + 1, pj[rows], -lin, th_r[rows]),
-        )
+    def sides(rows, mus_, taus_):
+        """Both one-sided costs of the joins ``rows`` for each (mu, tau) in the lists, in one
+        kernel batch per side: a list of (left, right) pairs."""
+        r = np.tile(rows, len(mus_))
+        mu = np.concatenate(mus_)
+        lin = np.stack([mu, mu * np.concatenate(taus_)[:, None]], axis=1)
+        left = _priced_blocks(t, p, pi[r], pe[r], lin, th_l[r])
+        right = _priced_blocks(t, p, pe[r] + 1, pj[r], -lin, th_r[r])
+        return list(zip(np.split(left, len(mus_)), np.split(right, len(mus_)), strict=True))
 
     s = support.astype(np.float64)
     centre = s[:, :, None] * (np.eye(V) - s[:, None, :] / s.sum(1)[:, None, None]) * s[:, None, :]
@@ -957,8 +1083,13 @@ def continuity_lower_bound(
         mu0 = np.einsum("nvw,nw->nv", np.linalg.pinv(S, rcond=1e-10, hermitian=True), d)
         # Each scale's pair value (the knot at the worse end of the piece), best first.
         vals, got = [], []
-        for sc in _SCALES:
-            ends = [sides(every, sc * mu0, taus[:, 2 * q + c]) for c in (0, 1)]
+        flat = sides(
+            every,
+            [sc * mu0 for sc in _SCALES for _ in (0, 1)],
+            [taus[:, 2 * q + c] for _ in _SCALES for c in (0, 1)],
+        )
+        for s_ in range(len(_SCALES)):
+            ends = flat[2 * s_ : 2 * s_ + 2]
             vals.append(np.minimum(ends[0][0] + ends[0][1], ends[1][0] + ends[1][1]))
             got.append(ends)
         vals = np.stack(vals)  # (scales, n)
@@ -972,9 +1103,9 @@ def continuity_lower_bound(
             sc = np.asarray(_SCALES)[pick[rows]]
             # Twice the multiplier must be certifiable too: it bounds the blocks between two
             # joins (below), so every partition gets a finite value.
-            twice = [
-                sides(rows, 2 * sc[:, None] * mu0[rows], taus[rows, 2 * q + c]) for c in (0, 1)
-            ]
+            twice = sides(
+                rows, [2 * sc[:, None] * mu0[rows]] * 2, [taus[rows, 2 * q + c] for c in (0, 1)]
+            )
             ok = np.all([np.isfinite(v) for pair in twice for v in pair], axis=0)
             rows, sel = rows[ok], pick[rows[ok]]
             open_[rows] = False
@@ -1020,59 +1151,43 @@ def continuity_lower_bound(
         tri = np.nonzero(cost3 <= cap)[0]
         tri = tri[np.argsort(cost3[tri], kind="stable")[:max_triples]]
         n_tri = tri.size
+    dp = functools.partial(_join_dp, T, k, plain_c, pi, pe, pj, R, Lf, ca, cb)
+    final = None
+    if n_tri and decide and tol is not None:
+        # Whether the bound exceeds tol may be settled before the exact triples: the split
+        # values bound them from below, and the Lagrangian at the middle block's plain
+        # solution from above (so the exact values cannot lift the bound past it).
+        low = dp(mid)
+        A, Bq = ca[tri], cb[tri]
+        th = th_r[A]  # the middle block's plain solution, (n_tri, 2, V)
+        # mu . (alpha + beta tau) at each knot option of the left (A) and right (Bq) joins
+        za, zb = (
+            np.einsum("nov,nov->no", mus[q_], th[:, None, 0] + th[:, None, 1] * taus[q_][..., None])
+            for q_ in (A, Bq)
+        )
+        up = mid.copy()
+        f0 = plain_f[pe[A] + 1, pj[A]]
+        up[tri] = np.maximum(mid[tri], f0[:, None, None] - za[:, :, None] + zb[:, None, :])
+        if low > T * tol or dp(up) <= T * tol:
+            final, n_tri = low, 0
+    if final is None:
         if n_tri:
             A, Bq = ca[tri], cb[tri]
-            for oa in range(O):
-                for ob in range(O):
-                    ma, mb = mus[A, oa], mus[Bq, ob]
-                    ta, tb = taus[A, oa][:, None], taus[Bq, ob][:, None]
-                    lin = np.stack([mb - ma, mb * tb - ma * ta], axis=1)
-                    exact = _priced_blocks(t, p, pe[A] + 1, pj[A], lin, th_r[A])
-                    mid[tri, oa, ob] = np.maximum(mid[tri, oa, ob], exact)
-
-    # Dynamic program over the gaps, left to right. N[s, j, u]: least cost of the blocks before
-    # block s..j (which has no priced join on its left), u knots used; J[q, o, u]: the same for the
-    # right block of priced join q, its knot at option o.
-    N = np.full((T, T, k + 1), np.inf)
-    N[0, :, 0] = 0.0
-    J = np.full((n, O, k + 1), np.inf)
-    by_end = [np.nonzero(pj == j)[0] for j in range(T)] if n else [np.zeros(0, int)] * T
-    by_gap = [np.nonzero(pe == j)[0] for j in range(T)] if n else [np.zeros(0, int)] * T
-    combo_gap = pe[cb] if ca.size else np.zeros(0, np.int64)
-    for j in range(T):
-        ends = by_end[j]
-        vals = np.concatenate(
-            [
-                N[: j + 1, j] + plain_c[: j + 1, j][:, None],
-                (J[ends] + Lf[ends][:, :, None]).reshape(-1, k + 1),
-            ]
-        )
-        starts = np.concatenate([np.arange(j + 1), np.repeat(pe[ends] + 1, O)])
-        if j == T - 1:
-            final = float(np.min(vals))
-            break
-        # An unpriced join to every next block, except where the join is priced; a free break
-        # (two knots) to every next block.
-        low = np.min(vals, axis=0)
-        join = np.broadcast_to(low, (T - j - 1, k + 1)).copy()  # next block j+1..l, row l-j-1
-        gap = by_gap[j]
-        for l in np.unique(pj[gap]):
-            priced = np.zeros(j + 1, bool)
-            priced[pi[gap][pj[gap] == l]] = True
-            rest = vals[~priced[starts]]
-            join[l - j - 1] = np.min(rest, axis=0) if rest.size else np.inf
-        # N[j + 1] is written only here, after its last block ended at gap j
-        N[j + 1, j + 1 :, 1:] = join[:, :-1]
-        if k >= 2:
-            N[j + 1, j + 1 :, 2:] = np.minimum(N[j + 1, j + 1 :, 2:], low[None, :-2])
-        if gap.size:
-            # a priced join from a block with no priced join on its left
-            J[gap, :, 1:] = np.minimum(J[gap, :, 1:], N[pi[gap], j, None, :-1] + R[gap][:, :, None])
-            # ... or from the right block of another priced join
-            sel = np.nonzero(combo_gap == j)[0]
-            if sel.size:
-                cand = J[ca[sel]][:, :, None, :-1] + mid[sel][:, :, :, None]  # (c, oa, ob, u)
-                np.minimum.at(J[:, :, 1:], cb[sel], np.min(cand, axis=1))
+            # every (oa, ob) option of a triple in one kernel batch, a few options at a time
+            per = max(1, (1 << 21) // max(1, n_tri * V))
+            opts = [(oa, ob) for oa in range(O) for ob in range(O)]
+            for lo in range(0, len(opts), per):
+                group = opts[lo : lo + per]
+                ma = np.concatenate([mus[A, oa] for oa, _ in group])
+                mb = np.concatenate([mus[Bq, ob] for _, ob in group])
+                ta = np.concatenate([taus[A, oa] for oa, _ in group])[:, None]
+                tb = np.concatenate([taus[Bq, ob] for _, ob in group])[:, None]
+                lin = np.stack([mb - ma, mb * tb - ma * ta], axis=1)
+                r = np.tile(A, len(group))
+                exact = np.split(_priced_blocks(t, p, pe[r] + 1, pj[r], lin, th_r[r]), len(group))
+                for (oa, ob), ex in zip(group, exact, strict=True):
+                    mid[tri, oa, ob] = np.maximum(mid[tri, oa, ob], ex)
+        final = dp(mid)
     return ContinuityBound(
         k=k,
         bound=max(final, plain, 0.0) / T,

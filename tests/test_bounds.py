@@ -389,8 +389,9 @@ def test_bad_buckets_are_named(buckets, match):
 # continuity_lower_bound
 
 
-def _relu_model(seed: int, k: int, T: int):
-    """A k-feature ReLU model with knots anywhere: some in one gap, at grid points, or outside."""
+def _relu_model(seed: int, k: int, T: int, V: int = 3):
+    """A k-feature ReLU model over V tokens with knots anywhere: some in one gap, at grid points,
+    or outside."""
     rng = np.random.default_rng(seed)
     t = np.linspace(0.0, 1.0, T)
     knots = rng.uniform(-0.1, 1.1, k)
@@ -400,16 +401,16 @@ def _relu_model(seed: int, k: int, T: int):
         knots[0] = t[rng.integers(1, T - 1)]  # a knot on a grid point
     s = rng.choice([-1.0, 1.0], k)
     params = jaxfeat.Features.create(
-        c=rng.normal(0, 1, 3),
-        l=rng.normal(0, 3, (k, 3)),
+        c=rng.normal(0, 1, V),
+        l=rng.normal(0, 3, (k, V)),
         w=s * rng.uniform(0.5, 2.0, k),
         b=-s * rng.uniform(0.5, 2.0, k) * knots,
     )
     return t, params
 
 
-def _continuity_cases(seed, k, noise, T=20):
-    t, params = _relu_model(seed, k, T)
+def _continuity_cases(seed, k, noise, T=20, V=3):
+    t, params = _relu_model(seed, k, T, V)
     z = np.asarray(jaxfeat.logits(params, t), np.float64)
     rng = np.random.default_rng(1000 + seed)
     tgt = jaxfeat.Target.from_logits(t, z + rng.normal(0, noise, z.shape))
@@ -422,11 +423,13 @@ def _continuity_cases(seed, k, noise, T=20):
     k=st.integers(1, 4),
     noise=st.sampled_from([0.0, 0.05, 0.3]),
     pruned=st.booleans(),
+    V=st.sampled_from([3, 16]),
 )
-def test_continuity_bound_is_sound_for_relu_models(seed, k, noise, pruned):
+def test_continuity_bound_is_sound_for_relu_models(seed, k, noise, pruned, V):
     # Pruned at just above the model's own loss: the joins on its partition are all priced, the
-    # hardest place for a bound to stay below.
-    tgt, model_kl = _continuity_cases(seed, k, noise)
+    # hardest place for a bound to stay below. With 16 tokens the priced blocks' Newton steps
+    # take the low-rank (Woodbury) solve.
+    tgt, model_kl = _continuity_cases(seed, k, noise, V=V)
     tol = max(model_kl, 1e-6) * 1.1 if pruned else None
     cb = bounds.continuity_lower_bound(tgt, k, tol=tol)
     assert not _violates(cb.bound, model_kl)
@@ -448,7 +451,7 @@ def test_continuity_bound_is_sound_on_count_data_with_zeros(seed):
     assert np.any(counts == 0) and not _violates(cb.bound, model_kl)
 
 
-def _off_centre_model(seed: int, k: int = 3, T: int = 20):
+def _off_centre_model(seed: int, k: int = 3, T: int = 20, V: int = 3):
     """An exact k-feature ReLU target whose knots sit at 15% of their gaps, not in the middle."""
     rng = np.random.default_rng(seed)
     t = np.linspace(0.0, 1.0, T)
@@ -456,7 +459,7 @@ def _off_centre_model(seed: int, k: int = 3, T: int = 20):
     knots = t[idx] + 0.15 * (t[1] - t[0])
     s = rng.choice([-1.0, 1.0], k)
     params = jaxfeat.Features.create(
-        c=rng.normal(0, 1, 3), l=rng.normal(0, 4, (k, 3)), w=s, b=-s * knots
+        c=rng.normal(0, 1, V), l=rng.normal(0, 4, (k, V)), w=s, b=-s * knots
     )
     z = np.asarray(jaxfeat.logits(params, t), np.float64)
     tgt = jaxfeat.Target.from_logits(t, z)
@@ -487,10 +490,64 @@ def test_continuity_check_rejects_a_knot_fixed_at_the_gaps_midpoint(monkeypatch)
 def test_continuity_bound_tightens_the_segmentation_bound_at_coarse_tolerances():
     # oscillating(1) with 2 features: three long pieces, whose joins cost the most.
     tgt = jaxfeat.targets.oscillating(1, n=32)
-    cb = bounds.continuity_lower_bound(tgt, 2, tol=5e-2)
+    cb = bounds.continuity_lower_bound(tgt, 2, tol=5e-2, decide=False)
     plain = segmentation_lower_bound(tgt, 2).bounds[1]
     assert cb.plain == pytest.approx(plain, rel=1e-9)
     assert cb.bound > 1.5 * cb.plain and cb.joins > 0 and cb.triples > 0
+
+
+@pytest.mark.parametrize("certified", [True, False])
+def test_continuity_decide_settles_the_same_answer(certified):
+    # Just above the plain bound the split values already certify; at twice the full bound the
+    # upper estimate rules certification out. Either way no triple is solved, the answer to
+    # "bound > tol" is the full computation's, and the early bound is no higher (both are valid).
+    tgt = jaxfeat.targets.oscillating(1, n=32)
+    full0 = bounds.continuity_lower_bound(tgt, 2, tol=5e-2, decide=False)
+    tol = 1.2 * full0.plain if certified else 2.0 * full0.bound
+    full = bounds.continuity_lower_bound(tgt, 2, tol=tol, decide=False)
+    early = bounds.continuity_lower_bound(tgt, 2, tol=tol)
+    assert full.triples > 0 and early.triples == 0
+    assert (early.bound > tol) == (full.bound > tol) == certified
+    assert full.plain <= early.bound <= full.bound + 1e-15
+
+
+def _kernel_blocks(seed: int, zeros: bool, n: int = 24, V: int = 16, P: int = 8):
+    """Inputs of ``_block_kernel`` for n random blocks of 3 to P points over V tokens, with a
+    small linear term on the tokens present at every point."""
+    rng = np.random.default_rng(seed)
+    L = rng.integers(3, P + 1, n)
+    mask = np.arange(P)[None] < L[:, None]
+    x = np.where(mask, -1.0 + 2.0 * np.arange(P)[None] / np.maximum(L[:, None] - 1, 1), 0.0)
+    z = rng.normal(0, 1, (n, V, 1)) + rng.normal(0, 2, (n, V, 1)) * x[:, None]
+    p = np.exp(z + rng.normal(0, 0.5, z.shape))
+    if zeros:
+        p[:, 1:][rng.uniform(size=p[:, 1:].shape) < 0.15] = 0.0
+    p = p / p.sum(axis=1, keepdims=True)
+    everywhere = np.all((p > 0) | ~mask[:, None], axis=-1)  # (n, V)
+    # A term small against each token's mass in the block keeps the minimum finite.
+    mass = np.sum(p * mask[:, None], axis=-1) * everywhere  # (n, V)
+    lin = rng.normal(0, 0.1, (n, 2, V)) * mass[:, None]
+    lin -= mass[:, None] * lin.sum(-1, keepdims=True) / mass.sum(-1)[:, None, None]
+    return x, p, mask, np.zeros((n, 2, V)), np.zeros(n, bool), lin
+
+
+@pytest.mark.parametrize("zeros", [False, True])
+def test_low_rank_newton_step_matches_the_direct_solve(zeros):
+    # The Woodbury step must solve the same system to rounding: the certificate's dual point is
+    # feasible only for an exact solve.
+    from jaxfeat._arrays import x64
+
+    args = _kernel_blocks(0, zeros)
+    with x64():
+        direct, low = (
+            [np.asarray(a) for a in bounds._block_kernel(*args, max_iter=30, low_rank=lr)]
+            for lr in (False, True)
+        )
+    ok = np.isfinite(direct[1])
+    assert ok.mean() > 0.5 and np.array_equal(ok, np.isfinite(low[1]))
+    np.testing.assert_allclose(low[0][ok], direct[0][ok], rtol=1e-10, atol=1e-12)  # primal
+    np.testing.assert_allclose(low[1][ok], direct[1][ok], rtol=1e-10, atol=1e-12)  # certificates
+    assert np.all(low[1][ok] <= low[0][ok] + 1e-12)
 
 
 @pytest.mark.parametrize(
@@ -501,6 +558,7 @@ def test_continuity_bound_tightens_the_segmentation_bound_at_coarse_tolerances()
         ({"k": 2, "splits": 0}, "splits"),
         ({"k": 2, "max_joins": -1}, "max_joins"),
         ({"k": 2, "max_triples": -1}, "max_triples"),
+        ({"k": 2, "decide": 1}, "decide"),
     ],
 )
 def test_continuity_bad_inputs(kwargs, match):
