@@ -23,6 +23,7 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from . import _validate
+from ._arrays import pow2
 from ._count import RequiredFeatures, required_features
 from ._model import clipped_log_probs, kl
 from ._sae import SAE, check_unembedding, encode, logit_effects, token_ids
@@ -396,10 +397,25 @@ def _binned_stats(sae, x, index, n_bins, W, ln_scale, ref):
     return mean, m2, active, ref_sum / count[:, None]
 
 
-@jax.jit
 def _fit_masks(profiles, effects, masks, reference):
     """The offset c for each subset of members (boolean ``masks``, (S, m)): Newton on the convex
-    mean KL, with the best of a few step lengths per step so that no step goes uphill."""
+    mean KL, with the best of a few step lengths per step so that no step goes uphill.
+
+    Members and subsets are padded to powers of two (padding members have zero profiles and are
+    never in a subset), so that families of every size share a few compiled shapes: one per
+    (family size, subset count) compiled 37 times in the quick toy-model sweep.
+    """
+    S, m = masks.shape
+    M = max(8, pow2(m))
+    rows = max(M, pow2(S))
+    profiles = jnp.pad(profiles, ((0, 0), (0, M - m)))
+    effects = jnp.pad(effects, ((0, M - m), (0, 0)))
+    masks = jnp.pad(jnp.asarray(masks), ((0, rows - S), (0, M - m)))
+    return tuple(v[:S] for v in _fit_masks_padded(profiles, effects, masks, reference))
+
+
+@jax.jit
+def _fit_masks_padded(profiles, effects, masks, reference):
     steps = jnp.asarray(STEP_LENGTHS, reference.dtype)
 
     def one(mask):

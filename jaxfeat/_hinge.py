@@ -225,16 +225,16 @@ def spd_solve(H, g):
         col = jnp.where(idx >= j, A[:, j] / jnp.sqrt(A[j, j]), 0.0)
         return A - col[:, None] * col[None, :], L.at[:, j].set(col)
 
-    _, L = jax.lax.fori_loop(0, n, factor, (H, jnp.zeros_like(H)), unroll=True)
+    _, L = jax.lax.fori_loop(0, n, factor, (H, jnp.zeros_like(H)))
     y = jax.lax.fori_loop(
-        0, n, lambda j, y: y.at[j].set((g[j] - L[j] @ y) / L[j, j]), jnp.zeros_like(g), unroll=True
+        0, n, lambda j, y: y.at[j].set((g[j] - L[j] @ y) / L[j, j]), jnp.zeros_like(g)
     )
 
     def back(i, x):
         j = n - 1 - i
         return x.at[j].set((y[j] - L[:, j] @ x) / L[j, j])
 
-    return jax.lax.fori_loop(0, n, back, jnp.zeros_like(g), unroll=True)
+    return jax.lax.fori_loop(0, n, back, jnp.zeros_like(g))
 
 
 # ---------------------------------------------------------------------------------------------
