@@ -149,11 +149,26 @@ def _corpus(settings: Settings, name: str, seed: int, latent: str = "linear") ->
     return toy.make_corpus(target, latent=latent, n_docs=settings.n_docs, seed=seed)
 
 
+# Models that two sweeps train alike, kept for the second: the ablations sweep's plain model
+# (no attention, no LayerNorm) is a neurons-sweep model. Emptied at the end of run_all.
+_SHARED: dict[tuple, tuple[toy.ToyModel, float]] = {}
+_TRAIN_DEFAULTS = {"n_layers": 1, "latent": "linear", "attention": True, "layernorm": False}
+
+
 def _train(settings: Settings, name: str, seed: int, **options) -> tuple[toy.ToyModel, float]:
-    corpus = _corpus(settings, name, seed, options.pop("latent", "linear"))
+    """The trained model and its training time (s)."""
+    options = _TRAIN_DEFAULTS | options
+    key = (settings, name, seed, tuple(sorted(options.items())))
+    if key in _SHARED:
+        return _SHARED[key]
+    corpus = _corpus(settings, name, seed, options.pop("latent"))
     start = time.perf_counter()
     model = toy.train(corpus, steps=settings.steps, seed=seed, progress=False, **options)
-    return model, time.perf_counter() - start
+    out = model, time.perf_counter() - start
+    plain = dict(_TRAIN_DEFAULTS, attention=False, d_mlp=settings.ablation_d_mlp)
+    if dict(key[3]) == plain:
+        _SHARED[key] = out
+    return out
 
 
 def neurons(settings: Settings, store: ResultsStore) -> None:
@@ -869,10 +884,13 @@ def run_all(
     }
     # Each process trains and fits its own rows: no call may wait for the other processes.
     with jaxfeat.distributed.local():
-        neurons(settings, stores["neurons"])
-        families(settings, stores["families"])
-        ablations(settings, stores["ablations"])
-        training_length(settings, stores["training_length"])
+        try:
+            neurons(settings, stores["neurons"])
+            families(settings, stores["families"])
+            ablations(settings, stores["ablations"])
+            training_length(settings, stores["training_length"])
+        finally:
+            _SHARED.clear()
     if procs.index != 0:
         return []
     return figures(settings, Path(out), Path(figures_dir))

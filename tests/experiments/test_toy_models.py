@@ -14,7 +14,16 @@ def _assert_png(path) -> None:
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", path
 
 
-def test_toy_models_smoke(tmp_path):
+def doc_rows(out, sweep: str) -> list[dict]:
+    return json.loads((out / f"{sweep}.json").read_text())["rows"]
+
+
+def test_toy_models_smoke(tmp_path, monkeypatch):
+    trained = []
+    train = toy_models.toy.train
+    monkeypatch.setattr(
+        toy_models.toy, "train", lambda *a, **k: trained.append(k) or train(*a, **k)
+    )
     out = main(["--smoke", "--out", str(tmp_path / "res"), "--figures", str(tmp_path)])
     for sweep in toy_models.SWEEPS:
         doc = json.loads((out / f"{sweep}.json").read_text())
@@ -31,6 +40,11 @@ def test_toy_models_smoke(tmp_path):
         (True, False),
         (False, True),
     }
+    # The plain ablation model is the neurons sweep's model of that width, trained once.
+    models = {(r["target"], r["seed"]) for r in doc_rows(out, "families")}
+    plain = [r for r in ablations if not r["attention"] and not r["layernorm"]]
+    rows = len(neurons) + len(models) + len(ablations) + len(doc_rows(out, "training_length"))
+    assert len(trained) == rows - len(plain) and len(plain) == 1 and not toy_models._SHARED
     families = json.loads((out / "families.json").read_text())["rows"]
     assert {r["sae"] for r in families} == {"standard", "topk", "jumprelu"}
     assert all(r["sae_kl"] >= 0 and 0 <= r["sae_alive"] <= r["d_sae"] for r in families)
