@@ -178,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rep.add_argument("--fresh", action="store_true", help="discard an interrupted run")
     rep.add_argument("--quiet", action="store_true", help="no progress bars")
     rep.add_argument(
-        "--no-toy", action="store_true", help="skip the trained toy models (about 6 of 21 minutes)"
+        "--no-toy", action="store_true", help="skip the trained toy models (about 5 of 17 minutes)"
     )
     add_distributed_arguments(rep)
     commands.add_parsers(sub)
