@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/toy_models.py             # quick: 3 targets, 1 seed (about 4 minutes)
+    python benchmarks/toy_models.py             # quick: 3 targets, 1 seed (about 5.5 minutes)
     python benchmarks/toy_models.py --full      # every target, 3 seeds, more widths and SAEs
     python benchmarks/toy_models.py --smoke     # tiny sizes, to a temporary directory
 
