@@ -436,10 +436,10 @@ def _bisect_continuity(target: Target, tol: float, lower: int, k: int, bounds: n
         cb = continuity_lower_bound(target, K, tol=tol)
         bounds[:K] = np.maximum(bounds[:K], cb.bound)
         if cb.bound > tol:
-            lower, lo = K + 1, K + 1
+            lo = K + 1
         else:
             hi = K - 1
-    return lower
+    return lo  # raised only past a certified count
 
 
 def _warm_starts(

@@ -161,12 +161,12 @@ def _train(settings: Settings, name: str, seed: int, **options) -> tuple[toy.Toy
     key = (settings, name, seed, tuple(sorted(options.items())))
     if key in _SHARED:
         return _SHARED[key]
+    shared = options == dict(_TRAIN_DEFAULTS, attention=False, d_mlp=settings.ablation_d_mlp)
     corpus = _corpus(settings, name, seed, options.pop("latent"))
     start = time.perf_counter()
     model = toy.train(corpus, steps=settings.steps, seed=seed, progress=False, **options)
     out = model, time.perf_counter() - start
-    plain = dict(_TRAIN_DEFAULTS, attention=False, d_mlp=settings.ablation_d_mlp)
-    if dict(key[3]) == plain:
+    if shared:
         _SHARED[key] = out
     return out
 

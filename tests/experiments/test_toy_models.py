@@ -14,10 +14,6 @@ def _assert_png(path) -> None:
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", path
 
 
-def doc_rows(out, sweep: str) -> list[dict]:
-    return json.loads((out / f"{sweep}.json").read_text())["rows"]
-
-
 def test_toy_models_smoke(tmp_path, monkeypatch):
     trained = []
     train = toy_models.toy.train
@@ -40,12 +36,13 @@ def test_toy_models_smoke(tmp_path, monkeypatch):
         (True, False),
         (False, True),
     }
-    # The plain ablation model is the neurons sweep's model of that width, trained once.
-    models = {(r["target"], r["seed"]) for r in doc_rows(out, "families")}
-    plain = [r for r in ablations if not r["attention"] and not r["layernorm"]]
-    rows = len(neurons) + len(models) + len(ablations) + len(doc_rows(out, "training_length"))
-    assert len(trained) == rows - len(plain) and len(plain) == 1 and not toy_models._SHARED
     families = json.loads((out / "families.json").read_text())["rows"]
+    # The plain ablation model is the neurons sweep's model of that width, trained once.
+    models = {(r["target"], r["seed"]) for r in families}
+    plain = [r for r in ablations if not r["attention"] and not r["layernorm"]]
+    lengths = json.loads((out / "training_length.json").read_text())["rows"]
+    rows = len(neurons) + len(models) + len(ablations) + len(lengths)
+    assert len(trained) == rows - len(plain) and len(plain) == 1 and not toy_models._SHARED
     assert {r["sae"] for r in families} == {"standard", "topk", "jumprelu"}
     assert all(r["sae_kl"] >= 0 and 0 <= r["sae_alive"] <= r["d_sae"] for r in families)
     for stem in ("trained_vs_bracket", "family_vs_required", "family"):
