@@ -494,6 +494,9 @@ def bound_excess(bound, target, delta, k):
     return bound(target, delta).lower_bound - k
 
 
+SPAN_CAP = 60.0  # nats
+
+
 def noisy_models(seed, V, k, delta, signs):
     """REPS random k-feature ReLU models, then one zigzag model whose pieces move by only a few
     delta (where the bounds are tight), each plus logit noise of at most 0.45 delta per token, so
@@ -511,6 +514,9 @@ def noisy_models(seed, V, k, delta, signs):
             lv, w, b = (np.asarray(x, np.float64) for x in (p.l, p.w, p.b))
             c = rng.normal(size=V)
         z = c + np.maximum(np.outer(T_SOUND, w) + b, 0.0) @ lv
+        # Scaling c and l keeps a k-feature model; a float32 target cannot hold the
+        # probabilities of a logit span much over 80 nats (they underflow to 0).
+        z *= min(1.0, SPAN_CAP / np.ptp(z, axis=1).max())
         u = rng.choice([-1.0, 1.0], z.shape) if signs else rng.uniform(-1, 1, z.shape)
         yield target_from(T_SOUND, z + 0.45 * delta * u), z
 
