@@ -37,7 +37,7 @@ import jaxfeat
 from jaxfeat import Target, affine_rank, distributed
 from jaxfeat import targets as _targets
 
-from .store import Processes, ResultsStore, load, row_id
+from .store import Processes, ResultsStore, jsonable, load, row_id
 
 SWEEPS = ("oscillations", "tolerance", "vocabulary", "encoders", "examples", "seed_fits")
 # The seed's three curves, as target specs (the examples and seed_fits sweeps).
@@ -537,6 +537,11 @@ def run_sweep(
         unit="row",
         disable=not progress,
     )
+    copies = _computed_elsewhere(results_dir, sweep, todo, s)
+    if copies:
+        store.add_many(copies.values())
+        bar.update(len(copies))
+        todo = [job for job in todo if job.id not in copies]
     for group in _groups(todo, built, s.batch):
         job0 = group[0]
         # Each process fits its own rows: no call may wait for the other processes.
@@ -555,6 +560,35 @@ def run_sweep(
     bar.close()
     store.merge(order)
     return store.path
+
+
+def _computed_elsewhere(
+    results_dir: str | Path, sweep: str, todo: Sequence[_Job], s: Settings
+) -> dict[str, dict[str, Any]]:
+    """Rows of ``todo`` that another sweep in ``results_dir`` has already computed, by id.
+
+    The tolerance sweep's rows at the oscillation sweep's tolerance are that sweep's rows: the
+    same target, tolerance, activation and fit settings give the same numbers (one target per
+    call, ``Settings.batch`` = 1, so a row does not depend on its neighbours). Such a row is
+    copied under this sweep's id, with ``copied_from`` naming the original, instead of being
+    computed again.
+    """
+    if s.batch != 1:
+        return {}
+    count_jobs = [j for j in todo if j.k is None and j.activation != UNCONSTRAINED]
+    out: dict[str, dict[str, Any]] = {}
+    for other in SWEEPS:
+        if other == sweep or not count_jobs:
+            continue
+        data = load(results_path(results_dir, other))
+        if data is None or data.get("config") != jsonable(s.fit_config(sweep)):
+            continue
+        rows = {r["id"]: r for r in data["rows"]}
+        for job in count_jobs:
+            row = rows.get(dataclasses.replace(job, sweep=other).id)
+            if row is not None and job.id not in out:
+                out[job.id] = {**row, "id": job.id, "sweep": sweep, "copied_from": row["id"]}
+    return out
 
 
 def _settings(settings: Settings | str) -> Settings:

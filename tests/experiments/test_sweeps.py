@@ -332,6 +332,31 @@ def fake_fit_ks(target, ks, *, restarts, max_steps, key, activation):
     ]
 
 
+def test_tolerance_rows_at_the_oscillation_tolerance_are_copied_not_recomputed(tmp_path):
+    one = dataclasses.replace(TINY, batch=1)  # one target per call: rows have no neighbours
+    fake = FakeCounter()
+    ex.run_sweep("oscillations", tmp_path, one, counter=fake, progress=False)
+    calls = fake.calls
+    ex.run_sweep("tolerance", tmp_path, one, counter=fake, progress=False)
+    assert fake.calls - calls == 2  # m = 1, 2 at 1e-2; the 1e-3 rows are the oscillation rows
+    osc = {r["id"]: r for r in ex.read_rows(tmp_path, "oscillations")}
+    copied = [r for r in ex.read_rows(tmp_path, "tolerance") if "copied_from" in r]
+    assert [(r["target"]["m"], r["tol"]) for r in copied] == [(1, 1e-3), (2, 1e-3)]
+    for row in copied:
+        original = osc[row["copied_from"]]
+        assert row["sweep"] == "tolerance" and row["id"] != original["id"]
+        assert {k: v for k, v in row.items() if k not in ("id", "sweep", "copied_from")} == {
+            k: v for k, v in original.items() if k not in ("id", "sweep")
+        }
+    # Other fit settings give other numbers: nothing is copied then.
+    other = dataclasses.replace(one, k_max_by_sweep=(("tolerance", 11),))
+    ex.run_sweep("oscillations", tmp_path / "b", other, counter=fake, progress=False)
+    calls = fake.calls
+    ex.run_sweep("tolerance", tmp_path / "b", other, counter=fake, progress=False)
+    assert fake.calls - calls == 4
+    assert not any("copied_from" in r for r in ex.read_rows(tmp_path / "b", "tolerance"))
+
+
 def test_tiny_sweeps_end_to_end_and_resume(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr("jaxfeat.fit_ks", fake_fit_ks)
     fake = FakeCounter()
