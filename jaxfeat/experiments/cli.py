@@ -6,8 +6,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from . import commands, plots, sweeps, toy_models
@@ -54,7 +55,8 @@ def reproduce(
       counter: stand-in feature counter for :func:`jaxfeat.experiments.sweeps.run_sweeps`.
       toy: also train the toy models of :mod:`jaxfeat.experiments.toy_models` (the mode's
         preset, into ``out/toy_models``) and compare them with
-        ``benchmarks/results/toy_models_<mode>``.
+        ``benchmarks/results/toy_models_<mode>``. In a job of one process they train in a
+        thread beside the feature-count sweeps.
       processes: this process of a job of several (``Processes.from_jax()``): every process
         runs ``reproduce`` with the same arguments and computes its share of the rows; process 0
         keeps the marker, draws the figures and reports.
@@ -113,12 +115,26 @@ def reproduce(
             flush=True,
         )
     procs.wait("reproduce: started")
+    toy_out = run / "toy_models"
+    join_toy = None
+    if toy and procs.count == 1:
+        # Training a toy model keeps about one of two cores busy, so the toy models train in a
+        # thread beside the sweeps instead of after them. No number depends on it: XLA's CPU
+        # results do not depend on the load, and each side keeps its own files. A job of several
+        # processes runs them after the sweeps (its collectives must come in one order).
+        print("trained toy models (jaxfeat.experiments.toy_models), beside the sweeps", flush=True)
+        join_toy = _in_thread(toy_models.compute, toy_settings, toy_out, start=start)
     sweeps.run_sweeps(run, settings, counter=counter, progress=progress, processes=procs)
     toy_figures = []
     if toy:
+        if join_toy is not None:
+            join_toy()
+        else:
+            if lead:
+                print("trained toy models (jaxfeat.experiments.toy_models)", flush=True)
+            toy_models.compute(toy_settings, toy_out, processes=procs)
         if lead:
-            print("trained toy models (jaxfeat.experiments.toy_models)", flush=True)
-        toy_figures = toy_models.run_all(toy_settings, run / "toy_models", figs, processes=procs)
+            toy_figures = toy_models.figures(toy_settings, toy_out, figs)
     if not lead:
         return 0
     atomic_write_json(
@@ -135,6 +151,30 @@ def reproduce(
         print(toy_models.compare(toy_ref, run / "toy_models"))
     print(f"\nDone in {time.perf_counter() - start:.0f} s.")
     return 0
+
+
+def _in_thread(fn: Callable[..., object], *args: object, start: float) -> Callable[[], None]:
+    """Starts ``fn(*args)`` in a daemon thread (an interrupted run exits without waiting for it;
+    its rows are saved atomically, so the next run resumes them) and returns a function that
+    waits for it and raises what it raised."""
+    error: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            fn(*args)
+            print(f"trained toy models: done {time.perf_counter() - start:.0f} s into the run")
+        except BaseException as err:  # re-raised in the caller's thread
+            error.append(err)
+
+    thread = threading.Thread(target=run, name="jaxfeat-toy-models", daemon=True)
+    thread.start()
+
+    def join() -> None:
+        thread.join()
+        if error:
+            raise error[0]
+
+    return join
 
 
 def load_marker(run: str | Path) -> dict | None:

@@ -873,6 +873,21 @@ def run_all(
     :func:`jaxfeat.experiments.sweeps.run_sweep`) and process 0 draws the figures.
     """
     procs = processes or Processes()
+    compute(settings, out, fresh=fresh, processes=procs)
+    if procs.index != 0:
+        return []
+    return figures(settings, Path(out), Path(figures_dir))
+
+
+def compute(
+    settings: Settings, out: Path, *, fresh: bool = False, processes: Processes | None = None
+) -> None:
+    """The sweeps of :func:`run_all` without the figures: every row into ``out``.
+
+    Draws nothing (matplotlib's pyplot is not thread-safe), so ``jaxfeat reproduce`` can run it
+    in a thread beside the feature-count sweeps.
+    """
+    procs = processes or Processes()
     config = dataclasses.asdict(settings)
     if fresh and procs.index == 0:
         (Path(out) / EXAMPLE_RECORD).unlink(missing_ok=True)
@@ -891,9 +906,6 @@ def run_all(
             training_length(settings, stores["training_length"])
         finally:
             _SHARED.clear()
-    if procs.index != 0:
-        return []
-    return figures(settings, Path(out), Path(figures_dir))
 
 
 # What a rerun must reproduce: the integer counts exactly, the losses to this relative tolerance

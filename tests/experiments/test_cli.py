@@ -6,6 +6,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import threading
+
+import pytest
 
 from jaxfeat.experiments import cli
 from jaxfeat.experiments import sweeps as ex
@@ -85,15 +88,35 @@ def test_reproduce_runs_and_compares_the_toy_models(tmp_path, capsys, monkeypatc
     # the mode's preset, into its own run directory, and compares with their reference.
     monkeypatch.setattr("jaxfeat.fit_ks", fake_fit_ks)
     monkeypatch.setattr(cli.plots, "plot_all", lambda *a: [])
-    calls = []
+    calls, drawn = [], []
     monkeypatch.setattr(
         cli.toy_models,
-        "run_all",
-        lambda settings, out, figs, **kw: calls.append((settings, out)) or [],
+        "compute",
+        lambda settings, out, **kw: calls.append((settings, out, threading.current_thread())),
+    )
+    monkeypatch.setattr(
+        cli.toy_models, "figures", lambda settings, out, figs: drawn.append(out) or []
     )
     monkeypatch.setattr(cli.toy_models, "compare", lambda ref, run: f"compared {run}")
     assert _run(tmp_path, FakeCounter(), toy=True) == 0
-    assert calls == [(cli.toy_models.QUICK, tmp_path / "run" / "toy_models")]
+    toy_out = tmp_path / "run" / "toy_models"
+    assert [c[:2] for c in calls] == [(cli.toy_models.QUICK, toy_out)]
+    # One process: the toy models train beside the sweeps, and are drawn in the caller's thread.
+    assert calls[0][2] is not threading.main_thread()
+    assert drawn == [toy_out]
     out = capsys.readouterr().out
     assert "Trained toy models against the reference" in out
-    assert f"compared {tmp_path / 'run' / 'toy_models'}" in out
+    assert f"compared {toy_out}" in out
+
+
+def test_reproduce_raises_what_the_toy_models_raised(tmp_path, monkeypatch):
+    monkeypatch.setattr("jaxfeat.fit_ks", fake_fit_ks)
+    monkeypatch.setattr(cli.plots, "plot_all", lambda *a: [])
+
+    def broken(settings, out, **kw):
+        raise ValueError("toy sweep failed")
+
+    monkeypatch.setattr(cli.toy_models, "compute", broken)
+    with pytest.raises(ValueError, match="toy sweep failed"):
+        _run(tmp_path, FakeCounter(), toy=True)
+    assert cli.load_marker(tmp_path / "run")["status"] == "running"  # resumable, not done
