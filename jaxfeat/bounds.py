@@ -743,6 +743,9 @@ _PRICED = 3
 # Multiples of each join's quadratic-model multiplier that are tried; the one with the best pair
 # value is kept (none: the join is left unpriced).
 _SCALES = (1.0, 0.75, 0.5)
+# A deciding bound solves its triples' knot options in at least this many groups, checking after
+# each whether the bound can still exceed the tolerance.
+_DECIDE_GROUPS = 6
 
 
 @dataclasses.dataclass(frozen=True)
@@ -993,8 +996,10 @@ def continuity_lower_bound(
       decide: with ``tol``, stop once whether the bound exceeds ``tol`` is settled: before
         solving the blocks between two priced joins, the bound with their split values (a valid
         bound) is returned if it already exceeds ``tol``, or if an upper estimate of the bound
-        with their exact values (each at the block's plain solution) does not. The answer to
-        ``bound > tol`` is the same either way; ``False`` always solves them.
+        with their exact values (each at the block's plain solution) does not; and, while
+        they are solved (in groups of knot options, the likeliest to be least first), once that
+        estimate with the solved options' exact values does not. The answer to ``bound > tol``
+        is the same either way; ``False`` always solves them all.
 
     Returns:
       :class:`ContinuityBound`.
@@ -1162,7 +1167,7 @@ def continuity_lower_bound(
         n_tri = tri.size
         A, Bq = ca[tri], cb[tri]  # each triple's left and right join
     dp = functools.partial(_join_dp, k, plain_c, pi, pe, pj, R, Lf, ca, cb)
-    final = None
+    final, up = None, None
     if n_tri and decide and tol is not None:
         # Whether the bound exceeds tol may be settled before the exact triples: the split
         # values bound them from below, and the Lagrangian at the middle block's plain
@@ -1185,6 +1190,12 @@ def continuity_lower_bound(
             # as keep the batch's inputs to a few tens of MiB
             per = max(1, (1 << 21) // max(1, n_tri * V))
             opts = [(oa, ob) for oa in range(O) for ob in range(O)]
+            if up is not None:
+                # Deciding: the options most likely to carry the least partition first, and a
+                # check after each group: once the solved options' exact values bring the upper
+                # estimate to tol, no further option can lift the bound past it.
+                opts.sort(key=lambda o: float(np.mean(up[tri, o[0], o[1]])))
+                per = min(per, -(-len(opts) // _DECIDE_GROUPS))
             for lo in range(0, len(opts), per):
                 group = opts[lo : lo + per]
                 ma = np.concatenate([mus[A, oa] for oa, _ in group])
@@ -1196,6 +1207,10 @@ def continuity_lower_bound(
                 exact = np.split(_priced_blocks(t, p, pe[r] + 1, pj[r], lin, th_r[r]), len(group))
                 for (oa, ob), ex in zip(group, exact, strict=True):
                     mid[tri, oa, ob] = np.maximum(mid[tri, oa, ob], ex)
+                    if up is not None:
+                        up[tri, oa, ob] = mid[tri, oa, ob]
+                if up is not None and lo + per < len(opts) and dp(up) <= T * tol:
+                    break  # the bound cannot exceed tol: what is solved is a valid bound
         final = dp(mid)
     return ContinuityBound(
         k=k,

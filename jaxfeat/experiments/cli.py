@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from . import commands, plots, sweeps, toy_models
@@ -20,6 +20,7 @@ REFERENCE_DIR = "benchmarks/results/feature_count_{mode}"
 TOY_REFERENCE_DIR = "benchmarks/results/toy_models_{mode}"
 RUN_DIR = "runs/reproduce_{mode}"
 _MARKER = "run.json"
+TOY_LOG = "log.txt"  # the toy-model process's output, in its results directory
 
 
 def reproduce(
@@ -56,7 +57,7 @@ def reproduce(
       toy: also train the toy models of :mod:`jaxfeat.experiments.toy_models` (the mode's
         preset, into ``out/toy_models``) and compare them with
         ``benchmarks/results/toy_models_<mode>``. In a job of one process they train in a
-        thread beside the feature-count sweeps.
+        process of their own beside the feature-count sweeps (:func:`start_toy_models`).
       processes: this process of a job of several (``Processes.from_jax()``): every process
         runs ``reproduce`` with the same arguments and computes its share of the rows; process 0
         keeps the marker, draws the figures and reports.
@@ -116,19 +117,27 @@ def reproduce(
         )
     procs.wait("reproduce: started")
     toy_out = run / "toy_models"
-    join_toy = None
+    beside = None
     if toy and procs.count == 1:
-        # Training a toy model keeps about one of two cores busy, so the toy models train in a
-        # thread beside the sweeps instead of after them. No number depends on it: XLA's CPU
-        # results do not depend on the load, and each side keeps its own files. A job of several
-        # processes runs them after the sweeps (its collectives must come in one order).
-        print("trained toy models (jaxfeat.experiments.toy_models), beside the sweeps", flush=True)
-        join_toy = _in_thread(toy_models.compute, toy_settings, toy_out, start=start)
-    sweeps.run_sweeps(run, settings, counter=counter, progress=progress, processes=procs)
+        # Training a toy model keeps about one of two cores busy, so the toy models train beside
+        # the sweeps instead of after them, in a process of their own: two threads of one
+        # process deadlocked in XLA's CPU runtime. Each side keeps its own files.
+        print(
+            "trained toy models (jaxfeat.experiments.toy_models), beside the sweeps; "
+            f"log in {toy_out / TOY_LOG}",
+            flush=True,
+        )
+        beside = start_toy_models(full, toy_out)
+    try:
+        sweeps.run_sweeps(run, settings, counter=counter, progress=progress, processes=procs)
+    except BaseException:
+        if beside is not None:
+            beside.kill()  # its rows are saved atomically: the next run resumes them
+        raise
     toy_figures = []
     if toy:
-        if join_toy is not None:
-            join_toy()
+        if beside is not None:
+            _wait_for(beside, toy_out / TOY_LOG, start)
         else:
             if lead:
                 print("trained toy models (jaxfeat.experiments.toy_models)", flush=True)
@@ -153,28 +162,22 @@ def reproduce(
     return 0
 
 
-def _in_thread(fn: Callable[..., object], *args: object, start: float) -> Callable[[], None]:
-    """Starts ``fn(*args)`` in a daemon thread (an interrupted run exits without waiting for it;
-    its rows are saved atomically, so the next run resumes them) and returns a function that
-    waits for it and raises what it raised."""
-    error: list[BaseException] = []
+def start_toy_models(full: bool, out: Path) -> subprocess.Popen:
+    """Starts ``python -m jaxfeat.experiments.toy_models --compute-only`` into ``out`` (the
+    mode's preset, resuming rows already there), its output to ``out / TOY_LOG``."""
+    out.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "jaxfeat.experiments.toy_models", "--compute-only"]
+    cmd += ["--out", str(out)] + (["--full"] if full else [])
+    with open(out / TOY_LOG, "w", encoding="utf-8") as log:
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
 
-    def run() -> None:
-        try:
-            fn(*args)
-            print(f"trained toy models: done {time.perf_counter() - start:.0f} s into the run")
-        except BaseException as err:  # re-raised in the caller's thread
-            error.append(err)
 
-    thread = threading.Thread(target=run, name="jaxfeat-toy-models", daemon=True)
-    thread.start()
-
-    def join() -> None:
-        thread.join()
-        if error:
-            raise error[0]
-
-    return join
+def _wait_for(proc: subprocess.Popen, log: Path, start: float) -> None:
+    """Waits for the toy-model process; raises with the end of its log if it failed."""
+    if proc.wait() != 0:
+        tail = log.read_text(encoding="utf-8", errors="replace")[-4000:]
+        raise RuntimeError(f"the toy models failed (exit code {proc.returncode}); {log}:\n{tail}")
+    print(f"trained toy models: done {time.perf_counter() - start:.0f} s into the run", flush=True)
 
 
 def load_marker(run: str | Path) -> dict | None:

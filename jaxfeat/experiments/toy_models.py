@@ -884,8 +884,8 @@ def compute(
 ) -> None:
     """The sweeps of :func:`run_all` without the figures: every row into ``out``.
 
-    Draws nothing (matplotlib's pyplot is not thread-safe), so ``jaxfeat reproduce`` can run it
-    in a thread beside the feature-count sweeps.
+    ``jaxfeat reproduce`` runs it in a process of its own beside the feature-count sweeps
+    (``python -m jaxfeat.experiments.toy_models --compute-only``) and draws the figures after.
     """
     procs = processes or Processes()
     config = dataclasses.asdict(settings)
@@ -954,6 +954,11 @@ def main(argv: list[str] | None = None, repo: Path | None = None) -> Path:
     parser.add_argument("--out", type=Path)
     parser.add_argument("--figures", type=Path)
     parser.add_argument("--fresh", action="store_true", help="discard earlier results")
+    parser.add_argument(
+        "--compute-only",
+        action="store_true",
+        help="the rows only, no figures or summary (what jaxfeat reproduce runs beside its sweeps)",
+    )
     add_distributed_arguments(parser)
     args = parser.parse_args(argv)
     procs = start_distributed(args)
@@ -965,6 +970,10 @@ def main(argv: list[str] | None = None, repo: Path | None = None) -> Path:
     out = args.out or (scratch or repo / "benchmarks" / "results") / f"toy_models_{settings.mode}"
     figures_dir = args.figures or (scratch / "figures" if scratch else repo / "figures")
     start = time.perf_counter()
+    if args.compute_only:
+        compute(settings, out, fresh=args.fresh, processes=procs)
+        print(f"done in {time.perf_counter() - start:.0f} s; results in {out}", file=sys.stderr)
+        return out
     for path in run_all(settings, out, figures_dir, fresh=args.fresh, processes=procs):
         print(f"figure {path}", file=sys.stderr)
     if procs.index != 0:  # process 0 reports

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
-import threading
+from types import SimpleNamespace
 
 import pytest
 
@@ -89,34 +89,58 @@ def test_reproduce_runs_and_compares_the_toy_models(tmp_path, capsys, monkeypatc
     monkeypatch.setattr("jaxfeat.fit_ks", fake_fit_ks)
     monkeypatch.setattr(cli.plots, "plot_all", lambda *a: [])
     calls, drawn = [], []
+
+    class Finished:  # the toy-model process, done
+        returncode = 0
+
+        def wait(self):
+            return 0
+
     monkeypatch.setattr(
-        cli.toy_models,
-        "compute",
-        lambda settings, out, **kw: calls.append((settings, out, threading.current_thread())),
+        cli, "start_toy_models", lambda full, out: calls.append((full, out)) or Finished()
     )
     monkeypatch.setattr(
-        cli.toy_models, "figures", lambda settings, out, figs: drawn.append(out) or []
+        cli.toy_models, "figures", lambda settings, out, figs: drawn.append((settings, out)) or []
     )
     monkeypatch.setattr(cli.toy_models, "compare", lambda ref, run: f"compared {run}")
     assert _run(tmp_path, FakeCounter(), toy=True) == 0
     toy_out = tmp_path / "run" / "toy_models"
-    assert [c[:2] for c in calls] == [(cli.toy_models.QUICK, toy_out)]
-    # One process: the toy models train beside the sweeps, and are drawn in the caller's thread.
-    assert calls[0][2] is not threading.main_thread()
-    assert drawn == [toy_out]
+    # One process: the toy models train in a process of their own; reproduce draws them.
+    assert calls == [(False, toy_out)]
+    assert drawn == [(cli.toy_models.QUICK, toy_out)]
     out = capsys.readouterr().out
     assert "Trained toy models against the reference" in out
     assert f"compared {toy_out}" in out
 
 
-def test_reproduce_raises_what_the_toy_models_raised(tmp_path, monkeypatch):
+def test_reproduce_raises_with_the_log_of_a_failed_toy_model_process(tmp_path, monkeypatch):
     monkeypatch.setattr("jaxfeat.fit_ks", fake_fit_ks)
     monkeypatch.setattr(cli.plots, "plot_all", lambda *a: [])
 
-    def broken(settings, out, **kw):
-        raise ValueError("toy sweep failed")
+    def failing(full, out):
+        out.mkdir(parents=True, exist_ok=True)
+        (out / cli.TOY_LOG).write_text("Traceback ...\nValueError: toy sweep failed\n")
+        return SimpleNamespace(wait=lambda: 3, returncode=3)
 
-    monkeypatch.setattr(cli.toy_models, "compute", broken)
-    with pytest.raises(ValueError, match="toy sweep failed"):
+    monkeypatch.setattr(cli, "start_toy_models", failing)
+    with pytest.raises(RuntimeError, match="exit code 3(.|\n)*toy sweep failed"):
         _run(tmp_path, FakeCounter(), toy=True)
     assert cli.load_marker(tmp_path / "run")["status"] == "running"  # resumable, not done
+
+
+def test_the_toy_model_process_computes_the_rows_only(tmp_path, monkeypatch):
+    # What start_toy_models runs: the module's command line with --compute-only.
+    commands = []
+    monkeypatch.setattr(cli.subprocess, "Popen", lambda cmd, **kw: commands.append(cmd))
+    cli.start_toy_models(True, tmp_path / "toy")
+    assert commands[0][1:] == [
+        "-m", "jaxfeat.experiments.toy_models", "--compute-only", "--out", str(tmp_path / "toy"),
+        "--full",
+    ]  # fmt: skip
+    computed = []
+    monkeypatch.setattr(
+        cli.toy_models, "compute", lambda settings, out, **kw: computed.append((settings, out))
+    )
+    monkeypatch.setattr(cli.toy_models, "run_all", lambda *a, **kw: pytest.fail("drew figures"))
+    cli.toy_models.main(["--compute-only", "--out", str(tmp_path / "toy")])
+    assert computed == [(cli.toy_models.QUICK, tmp_path / "toy")]
