@@ -511,6 +511,33 @@ def test_continuity_decide_settles_the_same_answer(certified):
     assert full.plain <= early.bound <= full.bound + 1e-15
 
 
+@pytest.mark.parametrize("ratio", [0.97, 1.03])
+def test_continuity_decide_stops_solving_triples_once_settled(monkeypatch, ratio):
+    # Near the full bound neither early test settles, so the triples are solved, in groups of
+    # knot options. Below it (certified) every option must be solved, since a stop would deny
+    # the certificate; above it the upper estimate reaches tol before the last group, and the
+    # solved part is returned: the same answer for fewer priced blocks.
+    tgt = jaxfeat.targets.oscillating(1, n=48)
+    tol = ratio * bounds.continuity_lower_bound(tgt, 3, tol=5e-2, decide=False).bound
+    priced = []
+    blocks = bounds._priced_blocks
+    monkeypatch.setattr(
+        bounds,
+        "_priced_blocks",
+        lambda t, p, a, *rest: priced.append(a.size) or blocks(t, p, a, *rest),
+    )
+    full = bounds.continuity_lower_bound(tgt, 3, tol=tol, decide=False)
+    n_full, priced[:] = sum(priced), []
+    early = bounds.continuity_lower_bound(tgt, 3, tol=tol)
+    assert early.triples == full.triples > 0
+    assert (early.bound > tol) == (full.bound > tol) == (ratio < 1)
+    assert full.plain <= early.bound <= full.bound + 1e-15
+    if ratio > 1:
+        assert sum(priced) < 0.8 * n_full
+    else:
+        assert early.bound == full.bound
+
+
 def _kernel_blocks(seed: int, zeros: bool, n: int = 24, V: int = 16, P: int = 8):
     """Inputs of ``_block_kernel`` for n random blocks of 3 to P points over V tokens, with a
     small linear term on the tokens present at every point."""
