@@ -177,6 +177,9 @@ def _wait_for(proc: subprocess.Popen, log: Path, start: float) -> None:
     if proc.wait() != 0:
         tail = log.read_text(encoding="utf-8", errors="replace")[-4000:]
         raise RuntimeError(f"the toy models failed (exit code {proc.returncode}); {log}:\n{tail}")
+    missing = [s for s in toy_models.SWEEPS if not (log.parent / f"{s}.json").exists()]
+    if missing:
+        raise RuntimeError(f"the toy-model process wrote no results for {missing}; see {log}.")
     print(f"trained toy models: done {time.perf_counter() - start:.0f} s into the run", flush=True)
 
 

@@ -982,3 +982,7 @@ def main(argv: list[str] | None = None, repo: Path | None = None) -> Path:
     print(summary(out))
     print(f"done in {time.perf_counter() - start:.0f} s; results in {out}", file=sys.stderr)
     return out
+
+
+if __name__ == "__main__":
+    main()

@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -90,15 +92,14 @@ def test_reproduce_runs_and_compares_the_toy_models(tmp_path, capsys, monkeypatc
     monkeypatch.setattr(cli.plots, "plot_all", lambda *a: [])
     calls, drawn = [], []
 
-    class Finished:  # the toy-model process, done
-        returncode = 0
+    def start(full, out):  # a toy-model process that has written its results
+        calls.append((full, out))
+        out.mkdir(parents=True, exist_ok=True)
+        for sweep in cli.toy_models.SWEEPS:
+            (out / f"{sweep}.json").write_text("{}")
+        return SimpleNamespace(wait=lambda: 0, returncode=0)
 
-        def wait(self):
-            return 0
-
-    monkeypatch.setattr(
-        cli, "start_toy_models", lambda full, out: calls.append((full, out)) or Finished()
-    )
+    monkeypatch.setattr(cli, "start_toy_models", start)
     monkeypatch.setattr(
         cli.toy_models, "figures", lambda settings, out, figs: drawn.append((settings, out)) or []
     )
@@ -125,10 +126,24 @@ def test_reproduce_raises_with_the_log_of_a_failed_toy_model_process(tmp_path, m
     monkeypatch.setattr(cli, "start_toy_models", failing)
     with pytest.raises(RuntimeError, match="exit code 3(.|\n)*toy sweep failed"):
         _run(tmp_path, FakeCounter(), toy=True)
+    # A process that ends without its results fails the run too.
+    monkeypatch.setattr(
+        cli, "start_toy_models", lambda full, out: SimpleNamespace(wait=lambda: 0, returncode=0)
+    )
+    with pytest.raises(RuntimeError, match="no results for"):
+        _run(tmp_path, FakeCounter(), toy=True, fresh=True)
     assert cli.load_marker(tmp_path / "run")["status"] == "running"  # resumable, not done
 
 
 def test_the_toy_model_process_computes_the_rows_only(tmp_path, monkeypatch):
+    # The module runs its command line when started with -m ...
+    shown = subprocess.run(
+        [sys.executable, "-m", "jaxfeat.experiments.toy_models", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "--compute-only" in shown
     # What start_toy_models runs: the module's command line with --compute-only.
     commands = []
     monkeypatch.setattr(cli.subprocess, "Popen", lambda cmd, **kw: commands.append(cmd))
