@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from . import commands, plots, sweeps, toy_models
+from . import workers as _workers
 from .launch import add_distributed_arguments, start_distributed
 from .store import Processes, atomic_write_json, discard
 
@@ -20,7 +20,6 @@ REFERENCE_DIR = "benchmarks/results/feature_count_{mode}"
 TOY_REFERENCE_DIR = "benchmarks/results/toy_models_{mode}"
 RUN_DIR = "runs/reproduce_{mode}"
 _MARKER = "run.json"
-TOY_LOG = "log.txt"  # the toy-model process's output, in its results directory
 
 
 def reproduce(
@@ -36,6 +35,7 @@ def reproduce(
     counter: object = None,
     toy: bool = True,
     processes: Processes | None = None,
+    workers: int | None = None,
 ) -> int:
     """Recomputes every sweep, draws every figure and compares the numbers with the reference.
 
@@ -56,11 +56,13 @@ def reproduce(
       counter: stand-in feature counter for :func:`jaxfeat.experiments.sweeps.run_sweeps`.
       toy: also train the toy models of :mod:`jaxfeat.experiments.toy_models` (the mode's
         preset, into ``out/toy_models``) and compare them with
-        ``benchmarks/results/toy_models_<mode>``. In a job of one process they train in a
-        process of their own beside the feature-count sweeps (:func:`start_toy_models`).
+        ``benchmarks/results/toy_models_<mode>``.
       processes: this process of a job of several (``Processes.from_jax()``): every process
         runs ``reproduce`` with the same arguments and computes its share of the rows; process 0
         keeps the marker, draws the figures and reports.
+      workers: local worker processes that share the rows (:mod:`jaxfeat.experiments.workers`:
+        one per core, the toy models one claim among the rows); ``None``: one per usable core
+        for the mode's preset in a job of one process, else 1 (all in this process).
 
     Returns:
       The exit code: 0, or 1 when ``reuse`` finds no reference results.
@@ -68,9 +70,21 @@ def reproduce(
     start = time.perf_counter()
     procs = processes or Processes()
     lead = procs.index == 0
-    settings = settings or sweeps.PRESETS["full" if full else "quick"]
+    preset = sweeps.PRESETS["full" if full else "quick"]
+    settings = settings or preset
     toy_settings = toy_models.FULL if full else toy_models.QUICK
     mode = settings.mode
+    if workers is None:
+        workers = (
+            _workers.default_count()
+            if procs.count == 1 and counter is None and settings == preset
+            else 1
+        )
+    elif not isinstance(workers, int) or workers < 1 or (workers > 1 and procs.count > 1):
+        raise ValueError(
+            f"workers={workers!r} must be an int >= 1, and 1 in a job of several processes "
+            f"(this one has {procs.count})."
+        )
     ref = Path(reference or REFERENCE_DIR.format(mode=mode))
     figs = Path(figures_dir)
     if reuse:
@@ -117,31 +131,27 @@ def reproduce(
         )
     procs.wait("reproduce: started")
     toy_out = run / "toy_models"
-    beside = None
-    if toy and procs.count == 1:
-        # Training a toy model keeps about one of two cores busy, so the toy models train beside
-        # the sweeps instead of after them, in a process of their own: two threads of one
-        # process deadlocked in XLA's CPU runtime. Each side keeps its own files.
+    if workers > 1:
+        _workers.reset(run)
         print(
-            "trained toy models (jaxfeat.experiments.toy_models), beside the sweeps; "
-            f"log in {toy_out / TOY_LOG}",
+            f"{workers} worker processes, one per core, take the rows"
+            + (" and the trained toy models" if toy else "")
+            + f"; logs in {run / _workers.LOGS}",
             flush=True,
         )
-        beside = start_toy_models(full, toy_out)
-    try:
+        _workers.wait(_workers.start(run, workers, settings, toy=toy), run)
+        _workers.merge(run, workers, settings, counter=counter)
+    else:
         sweeps.run_sweeps(run, settings, counter=counter, progress=progress, processes=procs)
-    except BaseException:
-        if beside is not None:
-            beside.kill()  # its rows are saved atomically: the next run resumes them
-        raise
-    toy_figures = []
-    if toy:
-        if beside is not None:
-            _wait_for(beside, toy_out / TOY_LOG, start)
-        else:
+        if toy:
             if lead:
                 print("trained toy models (jaxfeat.experiments.toy_models)", flush=True)
             toy_models.compute(toy_settings, toy_out, processes=procs)
+    toy_figures = []
+    if toy:
+        missing = [s for s in toy_models.SWEEPS if not (toy_out / f"{s}.json").exists()]
+        if missing:
+            raise RuntimeError(f"no toy-model results for {missing} in {toy_out}.")
         if lead:
             toy_figures = toy_models.figures(toy_settings, toy_out, figs)
     if not lead:
@@ -160,27 +170,6 @@ def reproduce(
         print(toy_models.compare(toy_ref, run / "toy_models"))
     print(f"\nDone in {time.perf_counter() - start:.0f} s.")
     return 0
-
-
-def start_toy_models(full: bool, out: Path) -> subprocess.Popen:
-    """Starts ``python -m jaxfeat.experiments.toy_models --compute-only`` into ``out`` (the
-    mode's preset, resuming rows already there), its output to ``out / TOY_LOG``."""
-    out.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "jaxfeat.experiments.toy_models", "--compute-only"]
-    cmd += ["--out", str(out)] + (["--full"] if full else [])
-    with open(out / TOY_LOG, "w", encoding="utf-8") as log:
-        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-
-
-def _wait_for(proc: subprocess.Popen, log: Path, start: float) -> None:
-    """Waits for the toy-model process; raises with the end of its log if it failed."""
-    if proc.wait() != 0:
-        tail = log.read_text(encoding="utf-8", errors="replace")[-4000:]
-        raise RuntimeError(f"the toy models failed (exit code {proc.returncode}); {log}:\n{tail}")
-    missing = [s for s in toy_models.SWEEPS if not (log.parent / f"{s}.json").exists()]
-    if missing:
-        raise RuntimeError(f"the toy-model process wrote no results for {missing}; see {log}.")
-    print(f"trained toy models: done {time.perf_counter() - start:.0f} s into the run", flush=True)
 
 
 def load_marker(run: str | Path) -> dict | None:
@@ -223,8 +212,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     rep.add_argument("--fresh", action="store_true", help="discard an interrupted run")
     rep.add_argument("--quiet", action="store_true", help="no progress bars")
+    rep.add_argument("--no-toy", action="store_true", help="skip the trained toy models")
     rep.add_argument(
-        "--no-toy", action="store_true", help="skip the trained toy models (about 5 of 17 minutes)"
+        "--workers",
+        type=int,
+        default=None,
+        help="local worker processes sharing the rows (default: one per usable core, at most "
+        f"{_workers.MAX_WORKERS}; 1 computes in this process)",
     )
     add_distributed_arguments(rep)
     commands.add_parsers(sub)
@@ -244,6 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             progress=not args.quiet,
             toy=not args.no_toy,
             processes=procs,
+            workers=args.workers,
         )
     return args.func(args)
 

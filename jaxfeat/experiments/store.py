@@ -13,10 +13,13 @@ own, ``<sweep>.process-<i>.json``, atomically as above; every process reads all 
 restarted job skips every finished row whichever process finished it. :meth:`ResultsStore.merge`
 then writes the sweep's one file with every row exactly once and removes the parts. A job killed
 before the merge leaves the parts; the next run, with any number of processes, reads them.
+Processes on one machine may instead take rows as they go, each the first to :func:`claim` it
+(``jaxfeat reproduce``'s workers), writing to their parts the same way.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -468,6 +471,32 @@ class ResultsStore:
         p.wait(f"merged {self.path.name}")
         self._rows, self._own = {}, {}
         self._load(None)
+
+
+def claim(claims: str | os.PathLike, key: str) -> bool:
+    """Claims ``key`` for this process: ``True`` for the first caller, ``False`` ever after.
+
+    The claim is a file in the directory ``claims``, named by a hash of ``key``, created with
+    ``O_CREAT | O_EXCL``: of processes on one machine claiming at once, exactly one succeeds. It
+    holds the key, for a reader. Claims outlive their process: remove the directory before a
+    job starts, when no process holds one (a resumed job skips stored rows by their ids).
+
+    Example:
+      >>> import tempfile
+      >>> d = tempfile.mkdtemp()
+      >>> claim(d, "row a"), claim(d, "row a"), claim(d, "row b")
+      (True, False, True)
+    """
+    claims = Path(claims)
+    claims.mkdir(parents=True, exist_ok=True)
+    name = hashlib.sha256(key.encode("utf-8")).hexdigest()[:32]
+    try:
+        fd = os.open(claims / name, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(key)
+    return True
 
 
 def parts(path: str | os.PathLike) -> list[Path]:

@@ -24,6 +24,7 @@ Sweeps (``SWEEPS``):
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -37,7 +38,7 @@ import jaxfeat
 from jaxfeat import Target, affine_rank, distributed
 from jaxfeat import targets as _targets
 
-from .store import Processes, ResultsStore, jsonable, load, row_id
+from .store import Processes, ResultsStore, claim, jsonable, load, parts, row_id
 
 SWEEPS = ("oscillations", "tolerance", "vocabulary", "encoders", "examples", "seed_fits")
 # The seed's three curves, as target specs (the examples and seed_fits sweeps).
@@ -481,6 +482,7 @@ def run_sweep(
     fresh: bool = False,
     progress: bool = True,
     processes: Processes | None = None,
+    claims: str | Path | None = None,
 ) -> Path:
     """Runs (or resumes) one sweep, saving its rows to ``results_dir/<sweep>.json`` as they finish.
 
@@ -491,6 +493,11 @@ def run_sweep(
     into the one file at the end. A row's numbers do not depend on which process computed it
     (rows are fitted one per call, ``Settings.batch`` = 1 in the presets).
 
+    With ``claims`` (the local workers of :mod:`jaxfeat.experiments.workers`), processes take
+    rows in order instead, each one it is the first to claim (:func:`~.workers.claim`): a row
+    with the same numbers as another sweep's (see :func:`_computed_elsewhere`) has that row's
+    claim, so it is computed once; process 0 merges and copies after the others have finished.
+
     Args:
       sweep: one of :data:`SWEEPS`.
       results_dir: directory of the results files.
@@ -500,6 +507,7 @@ def run_sweep(
       fresh: discard an existing results file instead of resuming it.
       progress: print a progress line on stderr.
       processes: this process of the job (default: a job of one).
+      claims: the directory of the job's claim files, for processes that take rows as they go.
 
     Returns:
       The results file's path.
@@ -520,7 +528,10 @@ def run_sweep(
     )
     # One target's seed fits share one fit_ks call (their keys depend on it): one process.
     groups = [job.target if job.k is not None else job.id for job in todo_all]
-    mine = set(store.mine(order, groups))
+    if claims is None:
+        mine = set(store.mine(order, groups))
+    else:
+        mine = {job.id for job in todo_all if not store.done(job.id)}
     todo = [job for job in todo_all if job.id in mine]
     if not todo:
         store.merge(order)
@@ -544,6 +555,8 @@ def run_sweep(
         todo = [job for job in todo if job.id not in copies]
     for group in _groups(todo, built, s.batch):
         job0 = group[0]
+        if claims is not None and not claim(claims, _claim_key(group, s)):
+            continue  # another process computes it, under this id or another sweep's
         # Each process fits its own rows: no call may wait for the other processes.
         with distributed.local():
             if job0.activation == UNCONSTRAINED:
@@ -560,6 +573,12 @@ def run_sweep(
     bar.close()
     store.merge(order)
     return store.path
+
+
+def _claim_key(group: Sequence[_Job], s: Settings) -> str:
+    """What a group computes, whatever its sweep: its jobs and the settings they are fitted with."""
+    same = [dataclasses.replace(job, sweep="*").id for job in group]
+    return json.dumps([same, jsonable(s.fit_config(group[0].sweep))], sort_keys=True)
 
 
 def _computed_elsewhere(
@@ -580,10 +599,11 @@ def _computed_elsewhere(
     for other in SWEEPS:
         if other == sweep or not count_jobs:
             continue
-        data = load(results_path(results_dir, other))
-        if data is None or data.get("config") != jsonable(s.fit_config(sweep)):
-            continue
-        rows = {r["id"]: r for r in data["rows"]}
+        path = results_path(results_dir, other)
+        rows = {}
+        for data in map(load, [path, *parts(path)]):  # the parts: rows of unmerged processes
+            if data is not None and data.get("config") == jsonable(s.fit_config(sweep)):
+                rows.update({r["id"]: r for r in data["rows"]})
         for job in count_jobs:
             row = rows.get(dataclasses.replace(job, sweep=other).id)
             if row is not None and job.id not in out:
@@ -610,6 +630,7 @@ def run_sweeps(
     fresh: bool = False,
     progress: bool = True,
     processes: Processes | None = None,
+    claims: str | Path | None = None,
 ) -> dict[str, Path]:
     """Runs (or resumes) several sweeps; see :func:`run_sweep`.
 
@@ -621,7 +642,7 @@ def run_sweeps(
       counter: see :func:`run_sweep`.
       fresh: start every sweep again.
       progress: progress lines on stderr.
-      processes: see :func:`run_sweep`.
+      processes, claims: see :func:`run_sweep`.
 
     Returns:
       ``{sweep: results file}``.
@@ -638,6 +659,7 @@ def run_sweeps(
             fresh=fresh,
             progress=progress,
             processes=processes,
+            claims=claims,
         )
         for sweep in sweeps
     }

@@ -35,6 +35,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import jax
 import numpy as np
@@ -884,8 +885,8 @@ def compute(
 ) -> None:
     """The sweeps of :func:`run_all` without the figures: every row into ``out``.
 
-    ``jaxfeat reproduce`` runs it in a process of its own beside the feature-count sweeps
-    (``python -m jaxfeat.experiments.toy_models --compute-only``) and draws the figures after.
+    ``jaxfeat reproduce`` runs it in one of its worker processes
+    (:mod:`jaxfeat.experiments.workers`) and draws the figures after.
     """
     procs = processes or Processes()
     config = dataclasses.asdict(settings)
@@ -915,9 +916,10 @@ _LOSSES = ("trained_kl", "fit_kl", "bound_kl", "family_kl", "class_gap_kl")
 RELATIVE_TOL = 0.1
 
 
-def compare(reference: Path, run: Path) -> str:
+def compare(reference: Path, run: Path, *, show: int = 5) -> str:
     """One line per sweep: how many rows of ``run`` agree with ``reference`` (same counts, losses
-    within 10% or 1e-6 nats), are new, or are missing."""
+    within 10% or 1e-6 nats), are new, or are missing; then up to ``show`` disagreeing rows per
+    sweep, each with the fields that differ (reference -> run)."""
     lines = []
     for sweep in SWEEPS:
         ref = {
@@ -925,22 +927,35 @@ def compare(reference: Path, run: Path) -> str:
         }
         new = {r["id"]: r for r in (load(Path(run) / f"{sweep}.json") or {"rows": []})["rows"]}
 
-        def same(a, b):
-            counts = all(a.get(k) == b.get(k) for k in _COUNTS)
-            losses = all(
-                a.get(k) is None
-                or b.get(k) is None
-                or abs(a[k] - b[k]) <= max(RELATIVE_TOL * abs(a[k]), 1e-6)
+        def differ(a, b):
+            counts = [k for k in _COUNTS if a.get(k) != b.get(k)]
+            losses = [
+                k
                 for k in _LOSSES
-            )
-            return counts and losses
+                if a.get(k) is not None
+                and b.get(k) is not None
+                and abs(a[k] - b[k]) > max(RELATIVE_TOL * abs(a[k]), 1e-6)
+            ]
+            return counts + losses
 
-        agree = sum(same(ref[i], new[i]) for i in new if i in ref)
+        diffs = {i: differ(ref[i], new[i]) for i in new if i in ref}
+        diffs = {i: d for i, d in diffs.items() if d}
         lines.append(
-            f"{sweep}: {len(new)} rows, {agree} agree, {len(set(new) - set(ref))} new, "
-            f"{len(set(ref) - set(new))} missing"
+            f"{sweep}: {len(new)} rows, {len(new.keys() & ref.keys()) - len(diffs)} agree, "
+            f"{len(set(new) - set(ref))} new, {len(set(ref) - set(new))} missing"
         )
+        for i, fields in list(diffs.items())[:show]:
+            change = ", ".join(
+                f"{k} {_short(ref[i].get(k))} -> {_short(new[i].get(k))}" for k in fields
+            )
+            lines.append(f"  {i.split('/', 1)[-1]}: {change}")
+        if len(diffs) > show:
+            lines.append(f"  ... and {len(diffs) - show} more")
     return "\n".join(lines)
+
+
+def _short(x: Any) -> str:
+    return f"{x:.3g}" if isinstance(x, float) else str(x)
 
 
 def main(argv: list[str] | None = None, repo: Path | None = None) -> Path:
@@ -954,11 +969,6 @@ def main(argv: list[str] | None = None, repo: Path | None = None) -> Path:
     parser.add_argument("--out", type=Path)
     parser.add_argument("--figures", type=Path)
     parser.add_argument("--fresh", action="store_true", help="discard earlier results")
-    parser.add_argument(
-        "--compute-only",
-        action="store_true",
-        help="the rows only, no figures or summary (what jaxfeat reproduce runs beside its sweeps)",
-    )
     add_distributed_arguments(parser)
     args = parser.parse_args(argv)
     procs = start_distributed(args)
@@ -970,10 +980,6 @@ def main(argv: list[str] | None = None, repo: Path | None = None) -> Path:
     out = args.out or (scratch or repo / "benchmarks" / "results") / f"toy_models_{settings.mode}"
     figures_dir = args.figures or (scratch / "figures" if scratch else repo / "figures")
     start = time.perf_counter()
-    if args.compute_only:
-        compute(settings, out, fresh=args.fresh, processes=procs)
-        print(f"done in {time.perf_counter() - start:.0f} s; results in {out}", file=sys.stderr)
-        return out
     for path in run_all(settings, out, figures_dir, fresh=args.fresh, processes=procs):
         print(f"figure {path}", file=sys.stderr)
     if procs.index != 0:  # process 0 reports

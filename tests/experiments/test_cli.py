@@ -6,9 +6,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
-import subprocess
-import sys
-from types import SimpleNamespace
 
 import pytest
 
@@ -86,76 +83,33 @@ def test_reproduce_reuse_is_explicit_and_computes_nothing(tmp_path, capsys, monk
 
 
 def test_reproduce_runs_and_compares_the_toy_models(tmp_path, capsys, monkeypatch):
-    # The toy sweeps themselves are tested in test_toy_models.py; here: reproduce calls them on
-    # the mode's preset, into its own run directory, and compares with their reference.
+    # The toy sweeps themselves are tested in test_toy_models.py, the workers that share them
+    # with the sweeps in test_workers.py; here: reproduce in one process trains the mode's
+    # preset into its own run directory, draws it, and compares it with its reference.
     monkeypatch.setattr("jaxfeat.fit_ks", fake_fit_ks)
     monkeypatch.setattr(cli.plots, "plot_all", lambda *a: [])
     calls, drawn = [], []
 
-    def start(full, out):  # a toy-model process that has written its results
-        calls.append((full, out))
+    def compute(settings, out, **kw):
+        calls.append((settings, out))
         out.mkdir(parents=True, exist_ok=True)
         for sweep in cli.toy_models.SWEEPS:
             (out / f"{sweep}.json").write_text("{}")
-        return SimpleNamespace(wait=lambda: 0, returncode=0)
 
-    monkeypatch.setattr(cli, "start_toy_models", start)
+    monkeypatch.setattr(cli.toy_models, "compute", compute)
     monkeypatch.setattr(
         cli.toy_models, "figures", lambda settings, out, figs: drawn.append((settings, out)) or []
     )
     monkeypatch.setattr(cli.toy_models, "compare", lambda ref, run: f"compared {run}")
     assert _run(tmp_path, FakeCounter(), toy=True) == 0
     toy_out = tmp_path / "run" / "toy_models"
-    # One process: the toy models train in a process of their own; reproduce draws them.
-    assert calls == [(False, toy_out)]
+    assert calls == [(cli.toy_models.QUICK, toy_out)]
     assert drawn == [(cli.toy_models.QUICK, toy_out)]
     out = capsys.readouterr().out
     assert "Trained toy models against the reference" in out
     assert f"compared {toy_out}" in out
-
-
-def test_reproduce_raises_with_the_log_of_a_failed_toy_model_process(tmp_path, monkeypatch):
-    monkeypatch.setattr("jaxfeat.fit_ks", fake_fit_ks)
-    monkeypatch.setattr(cli.plots, "plot_all", lambda *a: [])
-
-    def failing(full, out):
-        out.mkdir(parents=True, exist_ok=True)
-        (out / cli.TOY_LOG).write_text("Traceback ...\nValueError: toy sweep failed\n")
-        return SimpleNamespace(wait=lambda: 3, returncode=3)
-
-    monkeypatch.setattr(cli, "start_toy_models", failing)
-    with pytest.raises(RuntimeError, match="exit code 3(.|\n)*toy sweep failed"):
-        _run(tmp_path, FakeCounter(), toy=True)
-    # A process that ends without its results fails the run too.
-    monkeypatch.setattr(
-        cli, "start_toy_models", lambda full, out: SimpleNamespace(wait=lambda: 0, returncode=0)
-    )
-    with pytest.raises(RuntimeError, match="no results for"):
+    # Toy models that end without their results fail the run, which stays resumable.
+    monkeypatch.setattr(cli.toy_models, "compute", lambda settings, out, **kw: None)
+    with pytest.raises(RuntimeError, match="no toy-model results"):
         _run(tmp_path, FakeCounter(), toy=True, fresh=True)
-    assert cli.load_marker(tmp_path / "run")["status"] == "running"  # resumable, not done
-
-
-def test_the_toy_model_process_computes_the_rows_only(tmp_path, monkeypatch):
-    # The module runs its command line when started with -m ...
-    shown = subprocess.run(
-        [sys.executable, "-m", "jaxfeat.experiments.toy_models", "--help"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    assert "--compute-only" in shown
-    # What start_toy_models runs: the module's command line with --compute-only.
-    commands = []
-    monkeypatch.setattr(cli.subprocess, "Popen", lambda cmd, **kw: commands.append(cmd))
-    cli.start_toy_models(True, tmp_path / "toy")
-    assert commands[0][1:] == [
-        "-m", "jaxfeat.experiments.toy_models", "--compute-only", "--out", str(tmp_path / "toy"),
-        "--full",
-    ]  # fmt: skip
-    computed = []
-    monkeypatch.setattr(
-        cli.toy_models, "compute", lambda settings, out, **kw: computed.append((settings, out))
-    )
-    monkeypatch.setattr(cli.toy_models, "run_all", lambda *a, **kw: pytest.fail("drew figures"))
-    cli.toy_models.main(["--compute-only", "--out", str(tmp_path / "toy")])
-    assert computed == [(cli.toy_models.QUICK, tmp_path / "toy")]
+    assert cli.load_marker(tmp_path / "run")["status"] == "running"
