@@ -582,7 +582,8 @@ def _family_figure(settings: Settings, rows: list[dict], censored: int):
         axes[-1].legend(handles=by_size + keys, fontsize=7, loc="lower right")
     seeds = ", ".join(map(str, settings.seeds))
     fig.suptitle(
-        f"The latent's feature family in SAEs of trained one-layer transformers (seeds {seeds})"
+        "The latent's feature family in SAEs of trained one-layer transformers "
+        + (f"(seeds {seeds})" if len(settings.seeds) > 1 else f"(seed {seeds})")
         + (
             f"; {censored} rows whose required k exceeds k_max = {settings.k_max} not drawn"
             if censored
