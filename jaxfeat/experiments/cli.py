@@ -61,8 +61,9 @@ def reproduce(
         runs ``reproduce`` with the same arguments and computes its share of the rows; process 0
         keeps the marker, draws the figures and reports.
       workers: local worker processes that share the rows (:mod:`jaxfeat.experiments.workers`:
-        one per core, the toy models one claim among the rows); ``None``: one per usable core
-        for the mode's preset in a job of one process, else 1 (all in this process).
+        one per core, taking the rows and then the toy models, one model at a time); ``None``:
+        one per usable core for the mode's preset in a job of one process, else 1 (all in this
+        process).
 
     Returns:
       The exit code: 0, or 1 when ``reuse`` finds no reference results.
@@ -140,7 +141,8 @@ def reproduce(
             flush=True,
         )
         _workers.wait(_workers.start(run, workers, settings, toy=toy), run)
-        _workers.merge(run, workers, settings, counter=counter)
+        merge_toy = toy_settings if toy else None
+        _workers.merge(run, workers, settings, toy=merge_toy, counter=counter)
     else:
         sweeps.run_sweeps(run, settings, counter=counter, progress=progress, processes=procs)
         if toy:

@@ -46,7 +46,7 @@ from jaxfeat import targets, toy
 
 from .launch import add_distributed_arguments, require_shared_paths, start_distributed
 from .plots import save
-from .store import Processes, ResultsStore, atomic_write_json, load, row_id
+from .store import Processes, ResultsStore, atomic_write_json, claim, load, row_id
 
 TARGETS = {
     "temperature": lambda n: targets.temperature(n=n),
@@ -156,10 +156,14 @@ _SHARED: dict[tuple, tuple[toy.ToyModel, float]] = {}
 _TRAIN_DEFAULTS = {"n_layers": 1, "latent": "linear", "attention": True, "layernorm": False}
 
 
+def _model_key(settings: Settings, name: str, seed: int, options: dict) -> tuple:
+    return settings, name, seed, tuple(sorted((_TRAIN_DEFAULTS | options).items()))
+
+
 def _train(settings: Settings, name: str, seed: int, **options) -> tuple[toy.ToyModel, float]:
     """The trained model and its training time (s)."""
     options = _TRAIN_DEFAULTS | options
-    key = (settings, name, seed, tuple(sorted(options.items())))
+    key = _model_key(settings, name, seed, options)
     if key in _SHARED:
         return _SHARED[key]
     shared = options == dict(_TRAIN_DEFAULTS, attention=False, d_mlp=settings.ablation_d_mlp)
@@ -172,7 +176,19 @@ def _train(settings: Settings, name: str, seed: int, **options) -> tuple[toy.Toy
     return out
 
 
-def neurons(settings: Settings, store: ResultsStore) -> None:
+def _todo(store: ResultsStore, ids: list[str], claims: Path | None) -> set[str]:
+    """The rows this process may compute: its static share (:meth:`ResultsStore.mine`), or with
+    ``claims`` every row not yet stored, each then taken by :func:`_take` as it starts."""
+    return set(store.mine(ids)) if claims is None else {r for r in ids if not store.done(r)}
+
+
+def _take(claims: Path | None, unit: str) -> bool:
+    """Whether this process trains ``unit`` (one model and what is computed from it): always in
+    a static split, else if it is the first to claim it."""
+    return claims is None or claim(claims, f"toy_models {unit}")
+
+
+def neurons(settings: Settings, store: ResultsStore, claims: Path | None = None) -> None:
     jobs = [
         (name, seed, d, 1, "linear")
         for name in settings.targets
@@ -189,9 +205,9 @@ def neurons(settings: Settings, store: ResultsStore) -> None:
     bounds: dict[str, np.ndarray] = {}
     keys = [dict(target=n, seed=s, d_mlp=d, n_layers=ly, latent=lt) for n, s, d, ly, lt in jobs]
     ids = [row_id("neurons", key) for key in keys]
-    mine = set(store.mine(ids))
+    mine = _todo(store, ids, claims)
     for (name, seed, d, layers, latent), key, rid in zip(jobs, keys, ids, strict=True):
-        if rid not in mine:
+        if rid not in mine or not _take(claims, rid):
             continue
         model, wall = _train(
             settings, name, seed, d_mlp=d, n_layers=layers, latent=latent, attention=False
@@ -267,7 +283,7 @@ def _family(
     )
 
 
-def families(settings: Settings, store: ResultsStore) -> None:
+def families(settings: Settings, store: ResultsStore, claims: Path | None = None) -> None:
     """Also saves the example model and SAE (:func:`_example`) under ``example/`` beside the
     results, so that the family figure can be redrawn from the files."""
     sae_specs = _sae_specs(settings)
@@ -283,7 +299,10 @@ def families(settings: Settings, store: ResultsStore) -> None:
             for arch, size, sp in sae_specs
         ]
         order += rids
-        if j % procs.count == procs.index and not all(store.done(r) for r in rids):
+        if all(store.done(r) for r in rids):
+            continue
+        mine = j % procs.count == procs.index if claims is None else _take(claims, rids[0])
+        if mine:
             _family_rows(settings, store, name, seed, rids, example, example_dir)
     store.merge(order)
 
@@ -380,16 +399,16 @@ def _family_rows(
 LONGER = 4
 
 
-def training_length(settings: Settings, store: ResultsStore) -> None:
+def training_length(settings: Settings, store: ResultsStore, claims: Path | None = None) -> None:
     """The widest one-layer MLP-only model of each target (first seed), trained ``LONGER`` times
     as long: whether the neurons sweep's losses are capacity or training budget."""
     d, seed = max(settings.d_mlps), settings.seeds[0]
     steps = LONGER * settings.steps
     keys = [dict(target=name, seed=seed, d_mlp=d, steps=steps) for name in settings.targets]
     ids = [row_id("training_length", key) for key in keys]
-    mine = set(store.mine(ids))
+    mine = _todo(store, ids, claims)
     for name, key, rid in zip(settings.targets, keys, ids, strict=True):
-        if rid not in mine:
+        if rid not in mine or not _take(claims, rid):
             continue
         corpus = _corpus(settings, name, seed)
         start = time.perf_counter()
@@ -408,7 +427,7 @@ def training_length(settings: Settings, store: ResultsStore) -> None:
     store.merge(ids)
 
 
-def ablations(settings: Settings, store: ResultsStore) -> None:
+def ablations(settings: Settings, store: ResultsStore, claims: Path | None = None) -> None:
     d = settings.ablation_d_mlp
     keys = [
         dict(target=name, seed=seed, d_mlp=d, attention=attention, layernorm=layernorm)
@@ -417,9 +436,19 @@ def ablations(settings: Settings, store: ResultsStore) -> None:
         for attention, layernorm in ((False, False), (True, False), (False, True))
     ]
     ids = [row_id("ablations", key) for key in keys]
-    mine = set(store.mine(ids))
-    for key, rid in zip(keys, ids, strict=True):
-        if rid not in mine:
+    mine = _todo(store, ids, claims)
+    jobs = list(zip(keys, ids, strict=True))
+    if claims is not None:
+        # A plain row's model is a neurons-sweep model: the process that holds it claims the
+        # row before any other, so that another process does not train it again.
+        def held(job: tuple[dict, str]) -> bool:
+            k = job[0]
+            options = dict(d_mlp=d, attention=k["attention"], layernorm=k["layernorm"])
+            return _model_key(settings, k["target"], k["seed"], options) in _SHARED
+
+        jobs.sort(key=lambda job: not held(job))
+    for key, rid in jobs:
+        if rid not in mine or not _take(claims, rid):
             continue
         model, _ = _train(
             settings,
@@ -882,12 +911,21 @@ def run_all(
 
 
 def compute(
-    settings: Settings, out: Path, *, fresh: bool = False, processes: Processes | None = None
+    settings: Settings,
+    out: Path,
+    *,
+    fresh: bool = False,
+    processes: Processes | None = None,
+    claims: str | Path | None = None,
 ) -> None:
     """The sweeps of :func:`run_all` without the figures: every row into ``out``.
 
-    ``jaxfeat reproduce`` runs it in one of its worker processes
-    (:mod:`jaxfeat.experiments.workers`) and draws the figures after.
+    ``jaxfeat reproduce`` runs it in each of its worker processes
+    (:mod:`jaxfeat.experiments.workers`) with ``claims``, the directory of the run's claim
+    files: each worker then trains the models it is the first to claim (one model and the rows
+    computed from it, e.g. a families model and all its SAEs) instead of a static share, so
+    that the models spread over the workers as they finish. The caller merges the parts by
+    calling it again as process 0, and draws the figures after.
     """
     procs = processes or Processes()
     config = dataclasses.asdict(settings)
@@ -902,10 +940,11 @@ def compute(
     # Each process trains and fits its own rows: no call may wait for the other processes.
     with jaxfeat.distributed.local():
         try:
-            neurons(settings, stores["neurons"])
-            families(settings, stores["families"])
-            ablations(settings, stores["ablations"])
-            training_length(settings, stores["training_length"])
+            c = None if claims is None else Path(claims)
+            neurons(settings, stores["neurons"], c)
+            families(settings, stores["families"], c)
+            ablations(settings, stores["ablations"], c)
+            training_length(settings, stores["training_length"], c)
         finally:
             _SHARED.clear()
 

@@ -4,10 +4,11 @@ JAX's CPU runtime gains little from a second core on these small fits (the quick
 ``oscillating(7)`` count: 44 s on one core, 39 s on two, for 1.5 times the CPU time), so on one
 machine the run goes faster as one process per core, each pinned to its core(s), than as one
 process spread over all of them. Each worker claims rows in order (:func:`~.store.claim`) and
-computes those it is first to claim, so a long row never leaves the other cores idle; the
-trained toy models are one claim, taken first. A worker writes its rows to a part file of its
-own (``ResultsStore`` process ``index + 1``); the caller, process 0, merges them once every
-worker has exited.
+computes those it is first to claim, so a long row never leaves the other cores idle; then,
+the same way, the trained toy models, one claim per model (the sweeps' long rows first, the
+toy models' short units after, so that the workers finish together). A worker writes its rows
+to part files of its own (``ResultsStore`` process ``index + 1``); the caller, process 0,
+merges them once every worker has exited.
 
 Usage (what :func:`start` runs)::
 
@@ -26,11 +27,11 @@ from pathlib import Path
 from typing import Any
 
 from . import sweeps, toy_models
-from .store import Processes, claim
+from .store import Processes
 
 CLAIMS = "claims"  # the claim files, in the run directory
 LOGS = "workers"  # worker-<i>.log, in the run directory
-TOY_CLAIM = "toy models"
+TOY = "toy_models"  # the toy models' results, in the run directory
 # Each worker holds a JAX process (about 1 to 2 GB in the quick run): more rarely pay.
 MAX_WORKERS = 8
 
@@ -74,8 +75,8 @@ def work(
     counter: Any = None,
     progress: bool = False,
 ) -> None:
-    """One worker's share of a run: the toy models if it claims them first, then every sweep
-    row it claims first, into its own part files in ``run``.
+    """One worker's share of a run: every sweep row it claims first, then every toy model it
+    claims first, into its own part files in ``run``.
 
     Args:
       run: the run directory (results files, ``claims/``).
@@ -95,23 +96,34 @@ def work(
           merge("runs/demo", 2, sweeps.QUICK)
     """
     claims = Path(run) / CLAIMS
-    if toy is not None and claim(claims, TOY_CLAIM):
-        toy_models.compute(toy, Path(run) / "toy_models")
     # Process 0 is the caller, which merges: only it may clean a results file's temporary files.
     procs = Processes(index + 1, count + 1, barrier=lambda name: None)
     sweeps.run_sweeps(
         run, settings, counter=counter, progress=progress, processes=procs, claims=claims
     )
+    if toy is not None:
+        toy_models.compute(toy, Path(run) / TOY, processes=procs, claims=claims)
 
 
-def merge(run: str | Path, count: int, settings: sweeps.Settings, *, counter: Any = None) -> None:
+def merge(
+    run: str | Path,
+    count: int,
+    settings: sweeps.Settings,
+    *,
+    toy: toy_models.Settings | None = None,
+    counter: Any = None,
+) -> None:
     """After the workers have exited: writes each sweep's one file from their parts, with the
-    rows they left to another sweep's identical row copied (``copied_from``). A row no worker
-    claimed (none, after a run whose workers all succeeded) is computed here."""
+    rows they left to another sweep's identical row copied (``copied_from``), and each toy-model
+    sweep's file if ``toy``. A row no worker claimed (none, after a run whose workers all
+    succeeded) is computed here."""
     procs = Processes(0, count + 1, barrier=lambda name: None)
+    claims = Path(run) / CLAIMS
     sweeps.run_sweeps(
-        run, settings, counter=counter, progress=False, processes=procs, claims=Path(run) / CLAIMS
+        run, settings, counter=counter, progress=False, processes=procs, claims=claims
     )
+    if toy is not None:
+        toy_models.compute(toy, Path(run) / TOY, processes=procs, claims=claims)
 
 
 def start(

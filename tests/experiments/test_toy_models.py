@@ -5,8 +5,15 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from jaxfeat.experiments import toy_models
+from jaxfeat.experiments.store import Processes
 from jaxfeat.experiments.toy_models import main
+
+
+def _process(index: int) -> Processes:
+    return Processes(index, 3, barrier=lambda name: None)
 
 
 def _assert_png(path) -> None:
@@ -20,7 +27,27 @@ def test_toy_models_smoke(tmp_path, monkeypatch):
     monkeypatch.setattr(
         toy_models.toy, "train", lambda *a, **k: trained.append(k) or train(*a, **k)
     )
-    out = main(["--smoke", "--out", str(tmp_path / "res"), "--figures", str(tmp_path)])
+    # Two claim-taking workers (processes 1 and 2 of jaxfeat reproduce's job): worker 2 is
+    # interrupted before its last sweep, worker 1 takes what is left, process 0 merges.
+    out, claims = tmp_path / "res", tmp_path / "claims"
+    last_sweep = toy_models.training_length
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(toy_models, "training_length", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        toy_models.compute(toy_models.SMOKE, out, processes=_process(2), claims=claims)
+    monkeypatch.setattr(toy_models, "training_length", last_sweep)
+    before = len(trained)
+    toy_models.compute(toy_models.SMOKE, out, processes=_process(1), claims=claims)
+    assert len(trained) == before + len(toy_models.SMOKE.targets)  # training_length only
+    toy_models.compute(toy_models.SMOKE, out, processes=_process(0), claims=claims)
+    assert not list(out.glob("*.process-*.json"))
+    # The command line resumes the merged run: it trains nothing and draws the figures.
+    before = len(trained)
+    assert main(["--smoke", "--out", str(out), "--figures", str(tmp_path)]) == out
+    assert len(trained) == before
     for sweep in toy_models.SWEEPS:
         doc = json.loads((out / f"{sweep}.json").read_text())
         assert doc["rows"], sweep
@@ -37,7 +64,8 @@ def test_toy_models_smoke(tmp_path, monkeypatch):
         (False, True),
     }
     families = json.loads((out / "families.json").read_text())["rows"]
-    # The plain ablation model is the neurons sweep's model of that width, trained once.
+    # Each model is trained once, by one worker; the plain ablation model is the neurons
+    # sweep's model of that width, trained once by the worker that holds it.
     models = {(r["target"], r["seed"]) for r in families}
     plain = [r for r in ablations if not r["attention"] and not r["layernorm"]]
     lengths = json.loads((out / "training_length.json").read_text())["rows"]
@@ -52,10 +80,6 @@ def test_toy_models_smoke(tmp_path, monkeypatch):
     assert example["id"] in {r["id"] for r in families}
     toy_models.figures(toy_models.SMOKE, out, tmp_path / "again")
     _assert_png(tmp_path / "again" / toy_models.figure_name(toy_models.SMOKE, "family"))
-    # Resuming recomputes nothing: a second run finds every row done.
-    before = (out / "neurons.json").read_text()
-    main(["--smoke", "--out", str(tmp_path / "res"), "--figures", str(tmp_path)])
-    assert json.loads((out / "neurons.json").read_text())["rows"] == json.loads(before)["rows"]
 
 
 def test_compare_counts_agreeing_new_and_missing_rows(tmp_path):

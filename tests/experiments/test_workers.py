@@ -98,16 +98,19 @@ def test_a_worker_resumes_past_the_rows_stored_and_merge_computes_the_unclaimed(
     assert len(ex.read_rows(run, "examples")) == len(ex.jobs("examples", TINY))
 
 
-def test_reproduce_with_workers_trains_the_toy_models_once(tmp_path, capsys, monkeypatch):
+def test_reproduce_with_workers_shares_the_toy_models_and_merges_them(
+    tmp_path, capsys, monkeypatch
+):
     monkeypatch.setattr("jaxfeat.fit_ks", fake_fit_ks)
     monkeypatch.setattr(cli.plots, "plot_all", lambda *a: [])
     trained = []
 
-    def compute(settings, out, **kw):
-        trained.append((settings, out))
-        out.mkdir(parents=True, exist_ok=True)
-        for sweep in cli.toy_models.SWEEPS:
-            (out / f"{sweep}.json").write_text("{}")
+    def compute(settings, out, *, processes, claims):  # tests/experiments/test_toy_models.py
+        trained.append((settings, out, processes.index, processes.count, claims))
+        if processes.index == 0:  # the merge writes the files
+            out.mkdir(parents=True, exist_ok=True)
+            for sweep in cli.toy_models.SWEEPS:
+                (out / f"{sweep}.json").write_text("{}")
 
     monkeypatch.setattr(cli.toy_models, "compute", compute)
     monkeypatch.setattr(cli.toy_models, "figures", lambda *a: [])
@@ -123,7 +126,10 @@ def test_reproduce_with_workers_trains_the_toy_models_once(tmp_path, capsys, mon
     monkeypatch.setattr(cli._workers, "start", start)
     kw = dict(figures_dir=tmp_path / "figs", reference=tmp_path / "ref", settings=TINY)
     assert cli.reproduce(out=tmp_path / "run", counter=counter, workers=2, **kw) == 0
-    assert trained == [(cli.toy_models.QUICK, tmp_path / "run" / "toy_models")]
+    # Each worker takes toy models after its rows (by claims), then the caller merges.
+    run = tmp_path / "run"
+    toy = (cli.toy_models.QUICK, run / "toy_models")
+    assert trained == [(*toy, i, 3, run / workers.CLAIMS) for i in (1, 2, 0)]
     out = capsys.readouterr().out
     assert "2 worker processes" in out and "compared" in out
     alone = FakeCounter()
