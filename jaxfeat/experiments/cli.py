@@ -114,13 +114,14 @@ def reproduce(
     )
     # Every process decides from the marker as it was, before process 0 rewrites it.
     procs.wait("reproduce: marker read")
+    toy_out = run / toy_models.IN_RUN
     if lead:
         if not resume:
             for sweep in sweeps.SWEEPS:
                 discard(sweeps.results_path(run, sweep))
             for sweep in toy_models.SWEEPS:
-                discard(run / "toy_models" / f"{sweep}.json")
-            (run / "toy_models" / toy_models.EXAMPLE_RECORD).unlink(missing_ok=True)
+                discard(toy_out / f"{sweep}.json")
+            (toy_out / toy_models.EXAMPLE_RECORD).unlink(missing_ok=True)
         atomic_write_json(
             run / _MARKER, {"mode": mode, "status": "running", "started": time.time()}
         )
@@ -131,7 +132,6 @@ def reproduce(
             flush=True,
         )
     procs.wait("reproduce: started")
-    toy_out = run / "toy_models"
     if workers > 1:
         _workers.reset(run)
         print(
@@ -169,7 +169,7 @@ def reproduce(
         _report_figures(toy_figures)
         toy_ref = Path(TOY_REFERENCE_DIR.format(mode=mode))
         print(f"\n== Trained toy models against the reference in {toy_ref} ==")
-        print(toy_models.compare(toy_ref, run / "toy_models"))
+        print(toy_models.compare(toy_ref, toy_out))
     print(f"\nDone in {time.perf_counter() - start:.0f} s.")
     return 0
 

@@ -252,6 +252,8 @@ def neurons(settings: Settings, store: ResultsStore, claims: Path | None = None)
 _SPARSITY = {"standard": "l1", "topk": "k", "jumprelu": "l0"}
 # The example family's files, relative to the results directory: model/, sae/ and this record.
 EXAMPLE_RECORD = "example/example.json"
+# The toy models' results directory inside a ``jaxfeat reproduce`` run directory.
+IN_RUN = "toy_models"
 
 
 def _sae_specs(settings: Settings) -> list[tuple[str, int, float]]:

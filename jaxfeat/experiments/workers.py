@@ -31,7 +31,6 @@ from .store import Processes
 
 CLAIMS = "claims"  # the claim files, in the run directory
 LOGS = "workers"  # worker-<i>.log, in the run directory
-TOY = "toy_models"  # the toy models' results, in the run directory
 # Each worker holds a JAX process (about 1 to 2 GB in the quick run): more rarely pay.
 MAX_WORKERS = 8
 
@@ -102,7 +101,7 @@ def work(
         run, settings, counter=counter, progress=progress, processes=procs, claims=claims
     )
     if toy is not None:
-        toy_models.compute(toy, Path(run) / TOY, processes=procs, claims=claims)
+        toy_models.compute(toy, Path(run) / toy_models.IN_RUN, processes=procs, claims=claims)
 
 
 def merge(
@@ -123,7 +122,7 @@ def merge(
         run, settings, counter=counter, progress=False, processes=procs, claims=claims
     )
     if toy is not None:
-        toy_models.compute(toy, Path(run) / TOY, processes=procs, claims=claims)
+        toy_models.compute(toy, Path(run) / toy_models.IN_RUN, processes=procs, claims=claims)
 
 
 def start(

@@ -105,7 +105,7 @@ def test_reproduce_with_workers_shares_the_toy_models_and_merges_them(
     monkeypatch.setattr(cli.plots, "plot_all", lambda *a: [])
     trained = []
 
-    def compute(settings, out, *, processes, claims):  # tests/experiments/test_toy_models.py
+    def compute(settings, out, *, processes, claims):  # the real one: test_toy_models.py
         trained.append((settings, out, processes.index, processes.count, claims))
         if processes.index == 0:  # the merge writes the files
             out.mkdir(parents=True, exist_ok=True)
