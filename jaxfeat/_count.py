@@ -31,11 +31,20 @@ from .bounds import (
 
 METRICS = ("mean_kl", "max_kl")
 
-# Feature counts fitted per target in one round of required_features, and the feature-slot sizes
-# (powers of two from 8): fixed shapes so that every round reuses one compiled fit kernel. On a
-# CPU compiling a kernel (~10 s) costs more than running a round at twice the slots.
+# Feature counts fitted per target in one round of required_features, and the step of the
+# feature slots: slots are k rounded up to a multiple of 8, so two successive rounds share one
+# compiled fit kernel (about 4 s to compile). Powers of two cost more than they saved past 16
+# slots: the matrix-free solver's preconditioner costs O((slots + 1)^3 V) a step, and
+# random_smooth(B=3) at V = 256 (k 19, LB 13) took 568 s with its k = 17..20 round and second try
+# in 32 slots, 207 s in 24. A fit's starts do not depend on its slots (JAX's partitionable
+# threefry draws the same prefix at every length), only its float rounding does.
 _KS_PER_ROUND = 4
-_MIN_SLOTS = 8
+_SLOT_STEP = 8
+
+
+def _slots(k: int) -> int:
+    """Feature slots of a compiled fit for counts up to ``k``: k rounded up to the step."""
+    return _SLOT_STEP * max(1, -(-k // _SLOT_STEP))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -238,10 +247,10 @@ def required_features_batch(
             for i in todo
             for k in range(next_k[i], min(next_k[i] + _KS_PER_ROUND, k_max + 1))
         ]
-        # Fixed shapes: pad the batch to a power of two of rounds and the slots to a power of two.
+        # Fixed shapes: pad the batch to a power of two of rounds and the slots to the slot step.
         size = _KS_PER_ROUND * pow2(-(-len(rows) // _KS_PER_ROUND))
         rows_padded = rows + [rows[0]] * (size - len(rows))
-        slots = max(_MIN_SLOTS, pow2(max(k for _, k in rows)))
+        slots = _slots(max(k for _, k in rows))
         idx = np.array([i for i, _ in rows_padded])
         ks = np.array([k for _, k in rows_padded])
         init = np.full((size, slots), np.nan)
@@ -298,7 +307,7 @@ def required_features_batch(
             rows_i += _warm_starts(best[i], K, seg)
             rows_i = (rows_i * _KS_PER_ROUND)[:_KS_PER_ROUND]  # repeats draw other restarts
             starts_.extend((i, kn, dr) for kn, dr in rows_i)
-        slots = max(_MIN_SLOTS, pow2(max(found[i] for i in todo)))
+        slots = _slots(max(found[i] for i in todo))
         size = _KS_PER_ROUND * pow2(-(-len(starts_) // _KS_PER_ROUND))
         padded = starts_ + [starts_[0]] * (size - len(starts_))
         init = np.full((size, slots), np.nan)

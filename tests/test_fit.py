@@ -108,6 +108,34 @@ def test_masked_slots_are_inert():
     assert int(batch.k[0]) == 2
 
 
+def test_starts_do_not_depend_on_the_slot_count():
+    # required_features pads slots to a multiple of 8; JAX's partitionable threefry (the default)
+    # draws a prefix of the same values at every length, so the restarts start alike.
+    tgt = targets.oscillating(2, n=N)
+    u = (tgt.t - tgt.t[0]) / (tgt.t[-1] - tgt.t[0])
+    g = jaxfeat._hinge.Grid(u, jnp.asarray(1.0 / (N - 1), tgt.probs.dtype), "relu")
+    starts = []
+    for k_max in (16, 24, 32):
+        members = [
+            jaxfeat._hinge.init_member(
+                g,
+                jax.random.key(5),
+                r,
+                jnp.asarray(12),
+                k_max,
+                8,
+                tgt.probs,
+                jnp.full(k_max, jnp.nan),
+                jnp.ones(k_max),
+                jaxfeat.SolverSettings(),
+            )
+            for r in range(8)  # restarts 3, 5 and 7 draw directions, 4 to 7 knot jitter
+        ]
+        starts.append(np.stack([np.concatenate([m.tau[:12], m.s[:12]]) for m in members]))
+    np.testing.assert_array_equal(starts[0], starts[1])
+    np.testing.assert_array_equal(starts[0], starts[2])
+
+
 def test_same_key_same_result_and_other_key_runs():
     tgt = targets.oscillating(1, n=N)
     a = jaxfeat.fit(tgt, 3, key=11, **SMALL)
