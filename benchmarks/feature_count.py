@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     sweep_seconds = time.perf_counter() - start
     if procs.index != 0:  # process 0 draws and reports
         return 0
-    figures = [] if args.no_plots else plots.plot_all(out, figures_dir)
+    figures = [] if args.no_plots else plots.plot_all(out, figures_dir, settings.mode)
     print(sweeps.summarize(out))
     print(f"\nresults: {out}")
     for path in figures:

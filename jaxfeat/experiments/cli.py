@@ -96,7 +96,7 @@ def reproduce(
             return 1
         print(f"jaxfeat reproduce --reuse: NOTHING IS RECOMPUTED; figures drawn from {ref}")
         print(sweeps.summarize(ref).text)
-        paths = plots.plot_all(ref, figs)
+        paths = plots.plot_all(ref, figs, mode)
         toy_ref = Path(TOY_REFERENCE_DIR.format(mode=mode))
         if toy and (toy_ref / "neurons.json").exists():
             paths += toy_models.figures(toy_settings, toy_ref, figs)
@@ -162,7 +162,7 @@ def reproduce(
         run / _MARKER, {"mode": mode, "status": "done", "seconds": time.perf_counter() - start}
     )
     print(sweeps.summarize(run).text, flush=True)
-    _report_figures(plots.plot_all(run, figs))
+    _report_figures(plots.plot_all(run, figs, mode))
     after = {s: sweeps.read_rows(run, s) for s in sweeps.SWEEPS}
     print("\n" + sweeps.compare(before, after, name=f"reference in {ref}"))
     if toy:

@@ -665,13 +665,30 @@ _BUILDERS = {
 }
 
 
-def plot(name: str, results_dir: str | Path, figures_dir: str | Path) -> Path | None:
-    """Draws one figure from the results files and saves it as ``figures_dir / FIGURES[name]``.
+def figure_name(name: str, mode: str = "quick") -> str:
+    """The file name of figure ``name`` (a key of :data:`FIGURES`) for a run of ``mode``.
+
+    Quick mode, what ``jaxfeat reproduce`` draws, has the plain names; another mode's figures
+    carry it as a suffix, so a ``--full`` run does not overwrite the quick figures.
+
+    Example:
+      >>> figure_name("oscillations"), figure_name("oscillations", "full")
+      ('feature_count_oscillations.png', 'feature_count_oscillations_full.png')
+    """
+    stem = FIGURES[name].removesuffix(".png")
+    return f"{stem}.png" if mode == "quick" else f"{stem}_{mode}.png"
+
+
+def plot(
+    name: str, results_dir: str | Path, figures_dir: str | Path, mode: str = "quick"
+) -> Path | None:
+    """Draws one figure from the results files and saves it in ``figures_dir``.
 
     Args:
       name: a key of :data:`FIGURES`.
       results_dir: directory of the sweeps' JSON files.
-      figures_dir: where the PNG goes (created if needed).
+      figures_dir: where the PNG goes (created if needed), named by :func:`figure_name`.
+      mode: the run's mode (``"quick"``, ``"full"``), which names the file.
 
     Returns:
       The PNG's path, or ``None`` when the sweep it draws has no rows.
@@ -688,24 +705,24 @@ def plot(name: str, results_dir: str | Path, figures_dir: str | Path) -> Path | 
     if not rows:
         return None
     fig = builder(rows)
-    return save(fig, Path(figures_dir) / FIGURES[name])
+    return save(fig, Path(figures_dir) / figure_name(name, mode))
 
 
-def plot_all(results_dir: str | Path, figures_dir: str | Path) -> list[Path]:
+def plot_all(results_dir: str | Path, figures_dir: str | Path, mode: str = "quick") -> list[Path]:
     """Every figure whose results file exists in ``results_dir``, written to ``figures_dir``.
 
     Args:
       results_dir: directory of the sweeps' JSON files (see
         :func:`jaxfeat.experiments.sweeps.run_sweeps`).
-
       figures_dir: where the PNGs go (created if needed).
+      mode: the run's mode, which names the files (:func:`figure_name`).
 
     Returns:
       The paths written.
     """
     out = []
     for name in FIGURES:
-        path = plot(name, results_dir, figures_dir)
+        path = plot(name, results_dir, figures_dir, mode)
         if path is not None:
             out.append(path)
     return out

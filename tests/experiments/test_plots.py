@@ -198,6 +198,9 @@ def test_plot_all_reads_results_files(tmp_path):
         ]
     )
     assert all(p.read_bytes().startswith(PNG) for p in paths)
+    # Another mode's figures carry its name: a --full run leaves the quick figures alone.
+    full = _plots.plot("oscillations", res, figs, "full")
+    assert full == figs / "feature_count_oscillations_full.png" and full.exists()
     assert _plots.plot("vocabulary", res, figs) is None  # no results, no figure
     with pytest.raises(ValueError, match="figure"):
         _plots.plot("nope", res, figs)
