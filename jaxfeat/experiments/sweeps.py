@@ -38,7 +38,7 @@ import jaxfeat
 from jaxfeat import Target, affine_rank, distributed
 from jaxfeat import targets as _targets
 
-from .store import Processes, ResultsStore, claim, jsonable, load, parts, row_id
+from .store import Processes, ResultsStore, claim, jsonable, load, parts, release_compiled, row_id
 
 SWEEPS = ("oscillations", "tolerance", "vocabulary", "encoders", "examples", "seed_fits")
 # The seed's three curves, as target specs (the examples and seed_fits sweeps).
@@ -557,6 +557,7 @@ def run_sweep(
         job0 = group[0]
         if claims is not None and not claim(claims, _claim_key(group, s)):
             continue  # another process computes it, under this id or another sweep's
+        release_compiled()
         # Each process fits its own rows: no call may wait for the other processes.
         with distributed.local():
             if job0.activation == UNCONSTRAINED:

@@ -46,7 +46,15 @@ from jaxfeat import targets, toy
 
 from .launch import add_distributed_arguments, require_shared_paths, start_distributed
 from .plots import save
-from .store import Processes, ResultsStore, atomic_write_json, claim, load, row_id
+from .store import (
+    Processes,
+    ResultsStore,
+    atomic_write_json,
+    claim,
+    load,
+    release_compiled,
+    row_id,
+)
 
 TARGETS = {
     "temperature": lambda n: targets.temperature(n=n),
@@ -185,7 +193,10 @@ def _todo(store: ResultsStore, ids: list[str], claims: Path | None) -> set[str]:
 def _take(claims: Path | None, unit: str) -> bool:
     """Whether this process trains ``unit`` (one model and what is computed from it): always in
     a static split, else if it is the first to claim it."""
-    return claims is None or claim(claims, f"toy_models {unit}")
+    take = claims is None or claim(claims, f"toy_models {unit}")
+    if take:
+        release_compiled()
+    return take
 
 
 def neurons(settings: Settings, store: ResultsStore, claims: Path | None = None) -> None:

@@ -30,6 +30,22 @@ def _rows(run):
     }
 
 
+@pytest.mark.skipif(sys.platform != "linux", reason="counts /proc/self/maps")
+def test_release_compiled_drops_programs_only_past_its_share_of_the_mapping_limit(capsys):
+    import jax
+    import jax.numpy as jnp
+
+    f = jax.jit(lambda x: jnp.sin(x) + 1)
+    f(jnp.ones(3))
+    assert f._cache_size() == 1
+    assert not store.release_compiled(share=1.0)  # a process never holds the whole limit
+    assert f._cache_size() == 1
+    assert store.release_compiled(share=0.0)  # every process holds some mappings
+    assert f._cache_size() == 0
+    assert "memory mappings in use" in capsys.readouterr().err
+    assert float(f(jnp.ones(3))[0]) == pytest.approx(1.8414710)  # compiles again
+
+
 def test_a_claim_is_granted_once_among_concurrent_callers(tmp_path):
     granted = []
     barrier = threading.Barrier(8)
