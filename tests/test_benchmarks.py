@@ -438,7 +438,8 @@ def test_feature_count_smoke(tmp_path, capsys):
                 assert row["lower_bound"] >= 1 and len(row["losses"]) == row["k_max"]
     pngs = sorted(figures.glob("*.png"))
     assert len(pngs) == 5  # oscillations, and the four drawn from the seed fits
-    assert {p.name for p in pngs} <= set(feature_count.plots.FIGURES.values())
+    plots = feature_count.plots
+    assert {p.name for p in pngs} <= {plots.figure_name(f, "smoke") for f in plots.FIGURES}
     for path in pngs:
         _assert_png(path)
     text = capsys.readouterr().out

@@ -39,7 +39,7 @@ def test_reproduce_recomputes_and_compares(tmp_path, capsys, monkeypatch):
     assert cli.load_marker(tmp_path / "run")["status"] == "done"
     n_osc = len(ex.jobs("oscillations", TINY))
     assert len(ex.read_rows(tmp_path / "run", "oscillations")) == n_osc
-    assert (tmp_path / "figs" / "fig1_html_closing_tag.png").exists()
+    assert (tmp_path / "figs" / cli.plots.figure_name("html", TINY.mode)).exists()
     out = capsys.readouterr().out
     assert "a new run" in out and f"oscillations: 0 rows, 0 agree, {n_osc} new" in out
 
@@ -79,7 +79,7 @@ def test_reproduce_reuse_is_explicit_and_computes_nothing(tmp_path, capsys, monk
     assert _run(tmp_path, counter, reuse=True) == 0
     assert counter.calls == 0
     assert "NOTHING IS RECOMPUTED" in capsys.readouterr().out
-    assert (tmp_path / "figs" / "feature_count_oscillations.png").exists()
+    assert (tmp_path / "figs" / cli.plots.figure_name("oscillations", TINY.mode)).exists()
 
 
 def test_reproduce_runs_and_compares_the_toy_models(tmp_path, capsys, monkeypatch):
