@@ -665,18 +665,30 @@ _BUILDERS = {
 }
 
 
-def figure_name(name: str, mode: str = "quick") -> str:
-    """The file name of figure ``name`` (a key of :data:`FIGURES`) for a run of ``mode``.
+def for_mode(filename: str, mode: str) -> str:
+    """A figure's file name in a run of ``mode``: as it is for quick mode (what ``jaxfeat
+    reproduce`` draws), with the mode before the suffix otherwise, so that runs of one mode never
+    overwrite another's figures.
 
-    Quick mode, what ``jaxfeat reproduce`` draws, has the plain names; another mode's figures
-    carry it as a suffix, so a ``--full`` run does not overwrite the quick figures.
+    Example:
+      >>> for_mode("toy_family.png", "quick"), for_mode("toy_family.png", "full")
+      ('toy_family.png', 'toy_family_full.png')
+    """
+    if mode == "quick":
+        return filename
+    path = Path(filename)
+    return f"{path.stem}_{mode}{path.suffix}"
+
+
+def figure_name(name: str, mode: str = "quick") -> str:
+    """The file name of figure ``name`` (a key of :data:`FIGURES`) for a run of ``mode``
+    (:func:`for_mode`).
 
     Example:
       >>> figure_name("oscillations"), figure_name("oscillations", "full")
       ('feature_count_oscillations.png', 'feature_count_oscillations_full.png')
     """
-    stem = FIGURES[name].removesuffix(".png")
-    return f"{stem}.png" if mode == "quick" else f"{stem}_{mode}.png"
+    return for_mode(FIGURES[name], mode)
 
 
 def plot(

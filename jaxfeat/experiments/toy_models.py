@@ -45,7 +45,7 @@ import jaxfeat.sae as js
 from jaxfeat import targets, toy
 
 from .launch import add_distributed_arguments, require_shared_paths, start_distributed
-from .plots import save
+from .plots import for_mode, save
 from .store import (
     Processes,
     ResultsStore,
@@ -486,9 +486,8 @@ def ablations(settings: Settings, store: ResultsStore, claims: Path | None = Non
 
 
 def figure_name(settings: Settings, stem: str) -> str:
-    """``toy_<stem>.png`` for quick mode (what ``jaxfeat reproduce`` draws), with the mode
-    appended otherwise, so that a quick run never overwrites the full run's figures."""
-    return f"toy_{stem}.png" if settings.mode == "quick" else f"toy_{stem}_{settings.mode}.png"
+    """``toy_<stem>.png``, named for the settings' mode (:func:`.plots.for_mode`)."""
+    return for_mode(f"toy_{stem}.png", settings.mode)
 
 
 def _load_example(settings: Settings, out: Path):
